@@ -1,0 +1,12 @@
+/*
+ * registry.c: every codec gcomp knows, in one array. Add a codec here and nowhere else.
+ */
+#include "codec.h"
+
+extern const gk_codec gk_codec_none;
+
+const gk_codec *const gk_codecs[] = {
+    &gk_codec_none,
+};
+
+const int gk_ncodecs = sizeof(gk_codecs) / sizeof(gk_codecs[0]);
