@@ -1,0 +1,124 @@
+/*
+ * gcompctl: the control socket's command-line client.
+ *   gcompctl [--socket PATH] [--json] status | stats | policy get | policy set SPEC | shutdown
+ * PATH defaults to $GCOMP_CTL (set by gcomp-run for every trainer).
+ */
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "gcomp.h"
+#include "wire.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: gcompctl [--socket PATH] [--json] [--timeout-ms MS] COMMAND\n\n"
+            "commands:\n"
+            "  status            the daemon, its trainers, buckets and policy\n"
+            "  stats             bytes and times per bucket\n"
+            "  policy get        the policy in force\n"
+            "  policy set SPEC   switch every node to SPEC at the same step (e.g. 'none',\n"
+            "                    'static:codec=none'); prints the step it applies from\n"
+            "  shutdown          stop every daemon of the job\n\n"
+            "PATH defaults to $GCOMP_CTL (a daemon's DIR/node{k}.ctl).\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = getenv("GCOMP_CTL");
+    int json = 0, timeout_ms = 120000, a = 1;
+    for (; a < argc && strncmp(argv[a], "--", 2) == 0; a++) {
+        if (strcmp(argv[a], "--json") == 0) {
+            json = 1;
+        } else if (strcmp(argv[a], "--socket") == 0 && a + 1 < argc) {
+            path = argv[++a];
+        } else if (strcmp(argv[a], "--timeout-ms") == 0 && a + 1 < argc) {
+            timeout_ms = atoi(argv[++a]);
+        } else if (strcmp(argv[a], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "gcompctl: unknown option '%s'\n", argv[a]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (a >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    char cmd[32];
+    char **args = argv + a + 1;
+    int nargs = argc - a - 1;
+    if (strcmp(argv[a], "policy") == 0) {
+        if (nargs < 1 || (strcmp(args[0], "get") && strcmp(args[0], "set"))) {
+            fprintf(stderr, "gcompctl: 'policy get' or 'policy set SPEC'\n");
+            return 2;
+        }
+        snprintf(cmd, sizeof(cmd), "policy-%s", args[0]);
+        args++;
+        nargs--;
+    } else {
+        snprintf(cmd, sizeof(cmd), "%s", argv[a]);
+    }
+    if (!path || !*path) {
+        fprintf(stderr, "gcompctl: no control socket: give --socket PATH or set GCOMP_CTL\n");
+        return 2;
+    }
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        fprintf(stderr, "gcompctl: socket path too long: %s\n", path);
+        return 2;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        fprintf(stderr, "gcompctl: cannot connect to %s: %m\n", path);
+        return 1;
+    }
+    Gcomp__CtlRequest req = GCOMP__CTL_REQUEST__INIT;
+    req.cmd = cmd;
+    req.args = args;
+    req.n_args = (size_t)nargs;
+    req.json = json;
+    int rc = gw_send(fd, &req.base, NULL, 0);
+    if (rc) {
+        fprintf(stderr, "gcompctl: send to %s: %s\n", path, gcomp_strerror(rc));
+        return 1;
+    }
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, timeout_ms) <= 0) {
+        fprintf(stderr, "gcompctl: no answer from %s in %d ms\n", path, timeout_ms);
+        return 1;
+    }
+    static uint8_t buf[GW_MAX_MSG];
+    size_t len;
+    int fds[GW_MAX_FDS], nfds = 0;
+    rc = gw_recv(fd, buf, &len, fds, &nfds);
+    close(fd);
+    if (rc) {
+        fprintf(stderr, "gcompctl: no answer from %s: %s\n", path, gcomp_strerror(rc));
+        return 1;
+    }
+    Gcomp__CtlReply *r = gcomp__ctl_reply__unpack(NULL, len, buf);
+    if (!r) {
+        fprintf(stderr, "gcompctl: undecodable answer from %s\n", path);
+        return 1;
+    }
+    int status = r->status;
+    size_t tl = strlen(r->text);
+    if (status) {
+        fprintf(stderr, "gcompctl: %s: %s\n", gcomp_err_name(status), r->text);
+    } else {
+        fputs(r->text, stdout);
+        if (tl && r->text[tl - 1] != '\n')
+            fputc('\n', stdout);
+    }
+    gcomp__ctl_reply__free_unpacked(r, NULL);
+    return status ? 1 : 0;
+}

@@ -1,0 +1,125 @@
+/*
+ * control.c: the control socket's commands (gcompctl), on the loop thread.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "policy.h"
+
+static int cmd_status(gcd *d, int json, char *out, size_t len)
+{
+    pthread_mutex_lock(&d->mu);
+    double up = (double)(gcd_now_ms() - d->started_ms) / 1000.0;
+    if (json) {
+        size_t n = (size_t)snprintf(out, len,
+                                    "{\"node\":%d,\"nodes\":%d,\"job_id\":\"%s\",\"trainers\":%d,"
+                                    "\"connected\":%d,\"total_trainers\":%d,\"transport\":\"%s\","
+                                    "\"max_step\":%lld,\"uptime_s\":%.1f,\"policy\":",
+                                    d->node, d->nodes, d->cfg.job_id, d->trainers, d->connected,
+                                    d->total_trainers, d->transport.ops->name,
+                                    (long long)d->max_step, up);
+        n += gcd_json_str(out + n, n < len ? len - n : 0, d->policy_spec);
+        n += (size_t)snprintf(out + n, n < len ? len - n : 0,
+                              ",\"policy_epoch\":%llu,\"policy_step\":%lld,\"hints\":{\"count\":%llu,"
+                              "\"step\":%lld,\"lr\":%g,\"samples\":%lld,\"epochs\":%llu},\"buckets\":[",
+                              (unsigned long long)d->policy_epoch, (long long)d->policy_step,
+                              (unsigned long long)d->hints.count, (long long)d->hints.step,
+                              d->hints.lr, (long long)d->hints.samples,
+                              (unsigned long long)d->hints.epochs);
+        for (uint32_t i = 0; i < d->nbuckets && n < len; i++) {
+            const gcd_bucket *b = d->buckets[i];
+            n += (size_t)snprintf(out + n, len - n, "%s{\"name\":", i ? "," : "");
+            n += gcd_json_str(out + n, n < len ? len - n : 0, b->name);
+            n += (size_t)snprintf(out + n, n < len ? len - n : 0,
+                                  ",\"layers\":%zu,\"numel\":%zu,\"last_step\":%lld,"
+                                  "\"pending_step\":%lld,\"lost\":%s}",
+                                  b->layout.n, b->layout.numel, (long long)b->last_step,
+                                  (long long)b->pending_step, b->lost[0] ? "true" : "false");
+        }
+        if (n < len)
+            snprintf(out + n, len - n, "]}");
+    } else {
+        size_t n = (size_t)snprintf(
+            out, len,
+            "gcompd node %d of %d, job %s, transport %s, up %.1f s\n"
+            "trainers: %d of %d connected (%d in the job)\n"
+            "policy: %s (epoch %llu, from step %lld)\n"
+            "highest step submitted: %lld; hints received: %llu\n"
+            "buckets: %u\n",
+            d->node, d->nodes, d->cfg.job_id, d->transport.ops->name, up, d->connected,
+            d->trainers, d->total_trainers, d->policy_spec, (unsigned long long)d->policy_epoch,
+            (long long)d->policy_step, (long long)d->max_step, (unsigned long long)d->hints.count,
+            d->nbuckets);
+        for (uint32_t i = 0; i < d->nbuckets && n < len; i++) {
+            const gcd_bucket *b = d->buckets[i];
+            n += (size_t)snprintf(out + n, len - n, "  %-24s %4zu layers %12zu elements, last step %lld%s%s\n",
+                                  b->name, b->layout.n, b->layout.numel, (long long)b->last_step,
+                                  b->lost[0] ? ", waiting: " : "", b->lost);
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    return GCOMP_OK;
+}
+
+int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **args, size_t nargs,
+                       int json, char *out, size_t len)
+{
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(d, json, out, len);
+    if (strcmp(cmd, "stats") == 0) {
+        pthread_mutex_lock(&d->mu);
+        gcd_stats_report(&d->stats, json, out, len);
+        pthread_mutex_unlock(&d->mu);
+        return GCOMP_OK;
+    }
+    if (strcmp(cmd, "policy-get") == 0) {
+        pthread_mutex_lock(&d->mu);
+        if (json) {
+            size_t n = (size_t)snprintf(out, len, "{\"policy\":");
+            n += gcd_json_str(out + n, n < len ? len - n : 0, d->policy_spec);
+            snprintf(out + n, n < len ? len - n : 0, ",\"epoch\":%llu,\"from_step\":%lld}",
+                     (unsigned long long)d->policy_epoch, (long long)d->policy_step);
+        } else {
+            snprintf(out, len, "%s (epoch %llu, from step %lld)\n", d->policy_spec,
+                     (unsigned long long)d->policy_epoch, (long long)d->policy_step);
+        }
+        pthread_mutex_unlock(&d->mu);
+        return GCOMP_OK;
+    }
+    if (strcmp(cmd, "policy-set") == 0) {
+        if (nargs != 1) {
+            snprintf(out, len, "policy set takes one spec, e.g. 'static:codec=none'");
+            return GCOMP_INVALID;
+        }
+        char err[1024];
+        gp_instance *p;
+        if (gp_instance_create(args[0], &p, err, sizeof(err))) {
+            snprintf(out, len, "%s", err);
+            return GCOMP_INVALID;
+        }
+        gp_instance_destroy(p);
+        pthread_mutex_lock(&d->mu);
+        int rc = gcd_queue_push(&d->to_engine, GCD_EV_POLICY, 0, 0, 0, gcd_session_id(s), args[0]);
+        pthread_cond_signal(&d->cv);
+        pthread_mutex_unlock(&d->mu);
+        if (rc) {
+            snprintf(out, len, "out of memory");
+            return rc;
+        }
+        gcd_log_info("policy switch to '%s' asked", args[0]);
+        return 1;
+    }
+    if (strcmp(cmd, "shutdown") == 0) {
+        pthread_mutex_lock(&d->mu);
+        int rc = gcd_queue_push(&d->to_engine, GCD_EV_SHUTDOWN, 0, 0, 0, 0, NULL);
+        pthread_cond_signal(&d->cv);
+        pthread_mutex_unlock(&d->mu);
+        snprintf(out, len, rc ? "out of memory" : "shutting the job down\n");
+        return rc;
+    }
+    snprintf(out, len, "unknown command '%s'; valid: status, stats, policy-get, policy-set SPEC, shutdown",
+             cmd);
+    return GCOMP_INVALID;
+}

@@ -1,0 +1,910 @@
+/*
+ * engine.c: the reduction engine, on the main thread (it owns the transport).
+ *
+ * Per cycle: take the buckets whose trainers have all submitted, sum each one locally
+ * into its result region (scaled by 1 / trainers of the job) and check it for
+ * non-finite values; report to the coordinator (node 0) and apply its decision: run
+ * the agreed bucket steps in its order, fail the failed ones, switch policy, shut down.
+ *
+ * Running a bucket step: the policy gives each layer a codec spec. Dense layers (and
+ * every layer under `none`) are exchanged exactly by one allreduce of the result
+ * region (packed when compressed layers sit between them). Compressed layers run their
+ * codec's phases, all layers sharing a spec batched into one collective per phase.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coord.h"
+#include "daemon.h"
+#include "log.h"
+#include "policy.h"
+
+/* Per-layer engine state of a bucket. */
+typedef struct eng_layer {
+    gk_layer geom;
+    gk_spec spec;     /* in force at the last step */
+    bool has_spec;
+    bool compressed;
+    float *x;         /* EF buffer (numel), compressed layers only */
+    void *state;      /* codec state */
+    size_t payload;   /* bytes this layer sent at the last step */
+} eng_layer;
+
+typedef struct gcd_engine_bucket {
+    eng_layer *layers;
+    int64_t ready_step;
+    double t_ready, t_sum_ms;
+} gcd_engine_bucket;
+
+/* The policies in force: a new one applies from its step on. */
+#define MAX_POLICIES 8
+typedef struct policy_slot {
+    int64_t from_step;
+    gp_instance *p;
+} policy_slot;
+
+typedef struct ctl_wait {
+    uint64_t ctl_id;
+    char spec[512];
+} ctl_wait;
+
+typedef struct engine {
+    gcd *d;
+    gcd_coord *coord; /* node 0 only */
+    policy_slot pol[MAX_POLICIES];
+    int npol;
+    uint64_t epoch;
+    ctl_wait *asks;   /* policy switches asked here: to send, then waiting for a decision */
+    size_t nasks, sent_asks;
+    int outstanding;  /* bucket steps reported and not yet decided */
+    /* Scratch for exchanges. */
+    void *buf;
+    size_t bufcap;
+    void *buf2;
+    size_t buf2cap;
+} engine;
+
+static void *scratch(void **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return *buf;
+    void *p = realloc(*buf, need);
+    if (!p)
+        return NULL;
+    *buf = p;
+    *cap = need;
+    return p;
+}
+
+static uint32_t name_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* Tell the loop thread; the caller holds no lock. */
+static void to_loop(gcd *d, enum gcd_event_kind kind, uint32_t bucket, int64_t step, int status,
+                    uint64_t ctl_id, const char *text)
+{
+    pthread_mutex_lock(&d->mu);
+    int rc = gcd_queue_push(&d->to_loop, kind, bucket, step, status, ctl_id, text);
+    pthread_mutex_unlock(&d->mu);
+    if (rc)
+        gcd_log_error("out of memory queueing an event for the trainers");
+    gcd_sessions_wake(d);
+}
+
+static gcd_engine_bucket *eng_bucket(gcd_bucket *b)
+{
+    if (b->eng)
+        return b->eng;
+    gcd_engine_bucket *e = calloc(1, sizeof(*e));
+    if (!e || !(e->layers = calloc(b->layout.n, sizeof(eng_layer)))) {
+        free(e);
+        return NULL;
+    }
+    uint32_t h = name_hash(b->name) & 0xffffu;
+    for (size_t i = 0; i < b->layout.n; i++) {
+        const gcd_layer *l = &b->layout.layers[i];
+        gk_layer *g = &e->layers[i].geom;
+        g->id = (h << 16) | (uint32_t)i;
+        g->ndim = l->ndim;
+        g->numel = l->numel;
+        g->rows = (size_t)l->shape[0];
+        g->cols = l->numel / g->rows;
+    }
+    b->eng = e;
+    return e;
+}
+
+static void eng_layer_reset(const gk_codec *c, eng_layer *l)
+{
+    if (l->state && c && c->state_free)
+        c->state_free(l->state);
+    l->state = NULL;
+    free(l->x);
+    l->x = NULL;
+}
+
+static void eng_bucket_free(gcd_bucket *b)
+{
+    gcd_engine_bucket *e = b->eng;
+    if (!e)
+        return;
+    for (size_t i = 0; i < b->layout.n; i++)
+        eng_layer_reset(e->layers[i].has_spec ? e->layers[i].spec.codec : NULL, &e->layers[i]);
+    free(e->layers);
+    free(e);
+    b->eng = NULL;
+}
+
+/*
+ * out = scale * sum_t in[t], in chunks that stay in cache. Returns a value that is
+ * finite iff every output is finite (inf - inf and NaN - NaN are NaN).
+ */
+static float sum_scaled(float *restrict out, float *const *in, int T, size_t n, float scale)
+{
+    enum { CHUNK = 4096 };
+    float chk = 0.0f;
+    for (size_t off = 0; off < n; off += CHUNK) {
+        size_t m = n - off < CHUNK ? n - off : CHUNK;
+        float *restrict o = out + off;
+        const float *restrict a = in[0] + off;
+        if (T == 1) {
+            for (size_t i = 0; i < m; i++)
+                o[i] = a[i] * scale;
+        } else {
+            const float *restrict b = in[1] + off;
+            for (size_t i = 0; i < m; i++)
+                o[i] = a[i] + b[i];
+            for (int t = 2; t < T; t++) {
+                const float *restrict c = in[t] + off;
+                for (size_t i = 0; i < m; i++)
+                    o[i] += c[i];
+            }
+            for (size_t i = 0; i < m; i++)
+                o[i] *= scale;
+        }
+        float c = 0.0f;
+        for (size_t i = 0; i < m; i++)
+            c += o[i] - o[i];
+        chk += c;
+    }
+    return chk;
+}
+
+/* Local sum of a ready bucket into its result region. Returns 0, or GCOMP_NONFINITE
+   with err naming the layer. */
+static int local_sum(gcd *d, gcd_bucket *b, char *err, size_t errlen)
+{
+    double t0 = gcd_now_s();
+    float chk = sum_scaled(b->res, b->in, b->trainers, b->layout.numel, 1.0f / (float)d->total_trainers);
+    b->eng->t_sum_ms = (gcd_now_s() - t0) * 1e3;
+    if (isfinite(chk))
+        return GCOMP_OK;
+    for (size_t i = 0; i < b->layout.n; i++) {
+        const gcd_layer *l = &b->layout.layers[i];
+        for (size_t k = 0; k < l->numel; k++)
+            if (!isfinite(b->res[l->offset + k])) {
+                snprintf(err, errlen, "bucket '%.200s' layer '%.200s': non-finite gradient at element %zu on node %d",
+                         b->name, l->name, k, d->node);
+                return GCOMP_NONFINITE;
+            }
+    }
+    snprintf(err, errlen, "bucket '%s': non-finite gradient on node %d", b->name, d->node);
+    return GCOMP_NONFINITE;
+}
+
+static gp_instance *policy_at(engine *e, int64_t step)
+{
+    for (int i = e->npol - 1; i >= 0; i--)
+        if (step >= e->pol[i].from_step)
+            return e->pol[i].p;
+    return e->pol[0].p;
+}
+
+static bool spec_equal(const gk_spec *a, const gk_spec *b)
+{
+    return a->codec == b->codec && a->ef == b->ef && a->min_elements == b->min_elements &&
+           memcmp(a->v, b->v, sizeof(a->v)) == 0;
+}
+
+/* Ask the policy for every layer's spec; reset state where the codec changed. */
+static int decide_layers(engine *e, gcd_bucket *b, int64_t step, int *ncompressed)
+{
+    gp_instance *p = policy_at(e, step);
+    gcd_engine_bucket *eb = b->eng;
+    *ncompressed = 0;
+    for (size_t i = 0; i < b->layout.n; i++) {
+        eng_layer *l = &eb->layers[i];
+        gp_layer pl = {.bucket = b->name, .name = b->layout.layers[i].name, .geom = l->geom};
+        gk_spec s;
+        int rc = p->policy->decide(p->state, &pl, step, &s);
+        if (rc)
+            return rc;
+        const gk_codec *c = s.codec;
+        bool comp = l->geom.ndim >= 2 && (long)l->geom.numel >= s.min_elements &&
+                    (!c->compresses || c->compresses(&s, &l->geom));
+        if (l->has_spec && (!spec_equal(&l->spec, &s) || !comp)) {
+            if (l->spec.codec != c || !comp)
+                eng_layer_reset(l->spec.codec, l);
+        }
+        l->spec = s;
+        l->has_spec = true;
+        l->compressed = comp;
+        if (comp) {
+            if (!l->x && !(l->x = calloc(l->geom.numel, sizeof(float))))
+                return GCOMP_NOMEM;
+            if (!l->state && c->state_new && (rc = c->state_new(&s, &l->geom, &l->state)))
+                return rc;
+            (*ncompressed)++;
+        }
+    }
+    return GCOMP_OK;
+}
+
+/* Exchange the dense layers exactly: one allreduce of the packed dense elements. */
+static int exchange_dense(engine *e, gcd_bucket *b, int ncompressed, size_t *payload)
+{
+    gcd *d = e->d;
+    gcd_engine_bucket *eb = b->eng;
+    if (ncompressed == 0) {
+        *payload += b->layout.numel * sizeof(float);
+        for (size_t i = 0; i < b->layout.n; i++)
+            eb->layers[i].payload = b->layout.layers[i].numel * sizeof(float);
+        return d->transport.ops->allreduce(&d->transport, GK_COLL_ALLREDUCE_F32, b->res,
+                                           b->layout.numel);
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < b->layout.n; i++)
+        if (!eb->layers[i].compressed)
+            n += b->layout.layers[i].numel;
+    if (n == 0)
+        return GCOMP_OK;
+    float *stage = scratch(&e->buf, &e->bufcap, n * sizeof(float));
+    if (!stage)
+        return GCOMP_NOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < b->layout.n; i++)
+        if (!eb->layers[i].compressed) {
+            const gcd_layer *l = &b->layout.layers[i];
+            memcpy(stage + k, b->res + l->offset, l->numel * sizeof(float));
+            eb->layers[i].payload = l->numel * sizeof(float);
+            k += l->numel;
+        }
+    int rc = d->transport.ops->allreduce(&d->transport, GK_COLL_ALLREDUCE_F32, stage, n);
+    if (rc)
+        return rc;
+    k = 0;
+    for (size_t i = 0; i < b->layout.n; i++)
+        if (!eb->layers[i].compressed) {
+            const gcd_layer *l = &b->layout.layers[i];
+            memcpy(b->res + l->offset, stage + k, l->numel * sizeof(float));
+            k += l->numel;
+        }
+    *payload += n * sizeof(float);
+    return GCOMP_OK;
+}
+
+static size_t coll_elem(gk_coll c)
+{
+    return c == GK_COLL_ALLREDUCE_F32 ? 4 : c == GK_COLL_ALLGATHER ? 1 : 2;
+}
+
+/*
+ * One phase of one codec group (the layers in idx[0..n)). Allreduce phases: one
+ * in-place allreduce of the concatenated segments. Allgather phases: each node's
+ * payload is a table of n uint32 segment sizes followed by the segments; the sizes of
+ * the payloads are allgathered first.
+ */
+static int run_phase(engine *e, gcd_bucket *b, int64_t step, const size_t *idx, size_t n,
+                     int phase, size_t *payload)
+{
+    gcd *d = e->d;
+    gcd_engine_bucket *eb = b->eng;
+    const gk_spec *spec = &eb->layers[idx[0]].spec;
+    const gk_codec *c = spec->codec;
+    const gk_codec_impl *impl = gk_codec_impl_of(c);
+    gk_coll coll = c->phase_coll ? c->phase_coll(spec, phase) : GK_COLL_ALLREDUCE_F32;
+    bool gather = coll == GK_COLL_ALLGATHER;
+    size_t head = gather ? n * sizeof(uint32_t) : 0, total = head;
+    for (size_t j = 0; j < n; j++)
+        total += c->max_bytes(spec, &eb->layers[idx[j]].geom, phase);
+    uint8_t *send = scratch(&e->buf, &e->bufcap, total ? total : 1);
+    if (!send)
+        return GCOMP_NOMEM;
+    size_t off = head;
+    int rc = GCOMP_OK;
+    for (size_t j = 0; j < n; j++) {
+        eng_layer *l = &eb->layers[idx[j]];
+        gk_call call = {.spec = spec, .layer = &l->geom, .state = l->state, .phase = phase,
+                        .nodes = d->nodes, .node = d->node, .step = (uint64_t)step,
+                        .seed = d->cfg.seed};
+        size_t bytes = 0, max = c->max_bytes(spec, &l->geom, phase);
+        rc = impl->encode(&call, l->x, send + off, &bytes);
+        if (rc)
+            return rc;
+        if (bytes > max || (!gather && bytes != max)) {
+            gcd_log_error("codec %s wrote %zu bytes for layer %s, limit %zu", c->name, bytes,
+                          b->layout.layers[idx[j]].name, max);
+            return GCOMP_INTERNAL;
+        }
+        if (gather) {
+            uint32_t sz = (uint32_t)bytes;
+            memcpy(send + j * sizeof(uint32_t), &sz, sizeof(sz));
+        }
+        l->payload += bytes;
+        off += bytes;
+    }
+    *payload += off;
+
+    if (!gather) {
+        rc = d->transport.ops->allreduce(&d->transport, coll, send, off / coll_elem(coll));
+        if (rc)
+            return rc;
+        size_t at = 0;
+        for (size_t j = 0; j < n && !rc; j++) {
+            eng_layer *l = &eb->layers[idx[j]];
+            gk_call call = {.spec = spec, .layer = &l->geom, .state = l->state, .phase = phase,
+                            .nodes = d->nodes, .node = d->node, .step = (uint64_t)step,
+                            .seed = d->cfg.seed};
+            size_t bytes = c->max_bytes(spec, &l->geom, phase);
+            const void *recv = send + at;
+            rc = impl->decode(&call, l->x, &recv, &bytes, 1,
+                              b->res + b->layout.layers[idx[j]].offset);
+            at += bytes;
+        }
+        return rc;
+    }
+
+    /* Allgather: sizes first, then the payloads. */
+    int W = d->nodes;
+    uint64_t *sizes = calloc(W, sizeof(uint64_t));
+    size_t *counts = calloc(W, sizeof(size_t)), *displs = calloc(W, sizeof(size_t));
+    const void **recvp = calloc(W, sizeof(void *));
+    size_t *recvb = calloc(W, sizeof(size_t));
+    rc = GCOMP_NOMEM;
+    if (!sizes || !counts || !displs || !recvp || !recvb)
+        goto out;
+    rc = d->transport.ops->allgather_u64(&d->transport, off, sizes);
+    if (rc)
+        goto out;
+    size_t all = 0;
+    for (int w = 0; w < W; w++) {
+        counts[w] = sizes[w];
+        displs[w] = all;
+        all += sizes[w];
+    }
+    rc = GCOMP_NOMEM;
+    uint8_t *recv = scratch(&e->buf2, &e->buf2cap, all ? all : 1);
+    if (!recv)
+        goto out;
+    rc = d->transport.ops->allgatherv(&d->transport, send, off, recv, counts, displs);
+    if (rc)
+        goto out;
+    /* Walk every node's size table in step with the layers. */
+    size_t *cursor = calloc(W, sizeof(size_t));
+    if (!cursor) {
+        rc = GCOMP_NOMEM;
+        goto out;
+    }
+    for (int w = 0; w < W; w++)
+        cursor[w] = displs[w] + head;
+    for (size_t j = 0; j < n && !rc; j++) {
+        eng_layer *l = &eb->layers[idx[j]];
+        for (int w = 0; w < W; w++) {
+            uint32_t sz;
+            memcpy(&sz, recv + displs[w] + j * sizeof(uint32_t), sizeof(sz));
+            if (cursor[w] + sz > displs[w] + counts[w]) {
+                gcd_log_error("node %d sent a malformed payload for bucket %s", w, b->name);
+                rc = GCOMP_PROTOCOL;
+                break;
+            }
+            recvp[w] = recv + cursor[w];
+            recvb[w] = sz;
+            cursor[w] += sz;
+        }
+        if (rc)
+            break;
+        gk_call call = {.spec = spec, .layer = &l->geom, .state = l->state, .phase = phase,
+                        .nodes = W, .node = d->node, .step = (uint64_t)step, .seed = d->cfg.seed};
+        rc = impl->decode(&call, l->x, recvp, recvb, W, b->res + b->layout.layers[idx[j]].offset);
+    }
+    free(cursor);
+out:
+    free(sizes);
+    free(counts);
+    free(displs);
+    free(recvp);
+    free(recvb);
+    return rc;
+}
+
+/* Compressed layers: x = (ef ? x : 0) + W * (node's share in res), then each group's
+   phases. */
+static int exchange_compressed(engine *e, gcd_bucket *b, int64_t step, size_t *payload)
+{
+    gcd *d = e->d;
+    gcd_engine_bucket *eb = b->eng;
+    size_t nl = b->layout.n;
+    size_t *idx = malloc(nl * sizeof(size_t));
+    bool *done = calloc(nl, sizeof(bool));
+    int rc = idx && done ? GCOMP_OK : GCOMP_NOMEM;
+    float W = (float)d->nodes;
+    for (size_t i = 0; i < nl && !rc; i++) {
+        eng_layer *l = &eb->layers[i];
+        if (!l->compressed)
+            continue;
+        const float *g = b->res + b->layout.layers[i].offset;
+        if (l->spec.ef)
+            for (size_t k = 0; k < l->geom.numel; k++)
+                l->x[k] += W * g[k];
+        else
+            for (size_t k = 0; k < l->geom.numel; k++)
+                l->x[k] = W * g[k];
+        l->payload = 0;
+    }
+    for (size_t i = 0; i < nl && !rc; i++) {
+        if (!eb->layers[i].compressed || done[i])
+            continue;
+        size_t n = 0;
+        for (size_t j = i; j < nl; j++)
+            if (eb->layers[j].compressed && !done[j] &&
+                spec_equal(&eb->layers[j].spec, &eb->layers[i].spec)) {
+                idx[n++] = j;
+                done[j] = true;
+            }
+        const gk_spec *s = &eb->layers[i].spec;
+        int nph = s->codec->nphases ? s->codec->nphases(s) : 1;
+        for (int p = 0; p < nph && !rc; p++)
+            rc = run_phase(e, b, step, idx, n, p, payload);
+        if (!s->ef)
+            for (size_t j = 0; j < n; j++)
+                memset(eb->layers[idx[j]].x, 0, eb->layers[idx[j]].geom.numel * sizeof(float));
+    }
+    free(idx);
+    free(done);
+    return rc;
+}
+
+/* Append the stats line of a finished step to the file and the totals. */
+static void record(engine *e, gcd_bucket *b, int64_t step, size_t payload, double t_wait_ms,
+                   double t_xchg_ms, double t_total_ms, int status)
+{
+    gcd *d = e->d;
+    gcd_engine_bucket *eb = b->eng;
+    if (d->stats.file && status == 0) {
+        FILE *f = d->stats.file;
+        char name[2 * GCOMP_MAX_NAME + 8];
+        gcd_json_str(name, sizeof(name), b->name);
+        fprintf(f, "{\"step\":%lld,\"bucket\":%s,\"node\":%d,\"nodes\":%d,\"trainers\":%d,"
+                   "\"dense_bytes\":%zu,\"payload_bytes\":%zu,\"t_sum_ms\":%.4f,\"t_wait_ms\":%.4f,"
+                   "\"t_exchange_ms\":%.4f,\"t_total_ms\":%.4f,\"policy\":",
+                (long long)step, name, d->node, d->nodes, d->total_trainers,
+                b->layout.numel * sizeof(float), payload, eb->t_sum_ms, t_wait_ms, t_xchg_ms,
+                t_total_ms);
+        gcd_json_str(name, sizeof(name), policy_at(e, step)->spec);
+        fprintf(f, "%s,\"layers\":[", name);
+        for (size_t i = 0; i < b->layout.n; i++) {
+            const eng_layer *l = &eb->layers[i];
+            char spec[512] = "\"codec\":\"none\"";
+            if (l->compressed)
+                gk_spec_json(&l->spec, spec, sizeof(spec));
+            gcd_json_str(name, sizeof(name), b->layout.layers[i].name);
+            fprintf(f, "%s{\"name\":%s,\"numel\":%zu,%s,\"payload_bytes\":%zu}", i ? "," : "",
+                    name, l->geom.numel, spec, l->payload);
+        }
+        fprintf(f, "]}\n");
+    }
+    pthread_mutex_lock(&d->mu);
+    gcd_stats_bucket *sb = gcd_stats_bucket_get(&d->stats, b->name);
+    if (sb) {
+        sb->last_step = step;
+        if (status) {
+            sb->failed++;
+        } else {
+            sb->steps++;
+            sb->dense_bytes += b->layout.numel * sizeof(float);
+            sb->payload_bytes += payload;
+            sb->t_sum_ms += eb->t_sum_ms;
+            sb->t_wait_ms += t_wait_ms;
+            sb->t_exchange_ms += t_xchg_ms;
+            sb->t_total_ms += t_total_ms;
+        }
+    }
+    if (status == GCOMP_NONFINITE)
+        d->stats.nonfinite++;
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Run one agreed bucket step and hand the result to the trainers. */
+static int run_bucket(engine *e, gcd_bucket *b, int64_t step)
+{
+    double t0 = gcd_now_s();
+    int ncomp = 0;
+    size_t payload = 0;
+    int rc = decide_layers(e, b, step, &ncomp);
+    if (!rc)
+        rc = exchange_dense(e, b, ncomp, &payload);
+    if (!rc && ncomp)
+        rc = exchange_compressed(e, b, step, &payload);
+    double t1 = gcd_now_s();
+    char msg[640] = "";
+    if (rc) {
+        /* The collectives of the nodes are now out of step: nothing can be trusted. */
+        snprintf(msg, sizeof(msg), "bucket '%s' step %lld: exchange failed on node %d: %s",
+                 b->name, (long long)step, e->d->node, gcomp_strerror(rc));
+        gcd_log_error("%s", msg);
+    }
+    record(e, b, step, payload, (t0 - b->eng->t_ready) * 1e3 - 0, (t1 - t0) * 1e3,
+           (t1 - b->eng->t_ready) * 1e3, rc);
+    to_loop(e->d, GCD_EV_COMPLETE, b->id, step, rc, 0, msg);
+    return rc;
+}
+
+/* ---- negotiation ---- */
+
+typedef struct report_build {
+    Gcomp__NodeReport r;
+    Gcomp__ReadyEntry **entries;
+    size_t n, cap;
+    Gcomp__Layer *lay_msgs[64];
+    Gcomp__Layer **lay_ptrs[64];
+    int nlay;
+} report_build;
+
+static Gcomp__ReadyEntry *report_add(report_build *rb, const char *bucket, int64_t step,
+                                     int status, const char *error)
+{
+    if (rb->n == rb->cap) {
+        size_t cap = rb->cap ? rb->cap * 2 : 16;
+        Gcomp__ReadyEntry **arr = realloc(rb->entries, cap * sizeof(*arr));
+        if (!arr)
+            return NULL;
+        rb->entries = arr;
+        rb->cap = cap;
+    }
+    Gcomp__ReadyEntry *en = calloc(1, sizeof(*en));
+    if (!en)
+        return NULL;
+    gcomp__ready_entry__init(en);
+    en->bucket = strdup(bucket);
+    en->step = step;
+    en->status = status;
+    en->error = strdup(error ? error : "");
+    rb->entries[rb->n++] = en;
+    return en;
+}
+
+static void report_clear(report_build *rb)
+{
+    for (size_t i = 0; i < rb->n; i++) {
+        free(rb->entries[i]->bucket);
+        free(rb->entries[i]->error);
+        free(rb->entries[i]);
+    }
+    free(rb->entries);
+    for (int i = 0; i < rb->nlay; i++) {
+        free(rb->lay_msgs[i]);
+        free(rb->lay_ptrs[i]);
+    }
+}
+
+/* Fail every step this node holds (stall, shutdown, broken exchange). */
+static void fail_everything(gcd *d, int status, const char *why)
+{
+    pthread_mutex_lock(&d->mu);
+    for (uint32_t i = 0; i < d->nbuckets; i++)
+        if (d->buckets[i]->pending_step >= 0)
+            gcd_queue_push(&d->to_loop, GCD_EV_COMPLETE, i, d->buckets[i]->pending_step, status,
+                           0, why);
+    pthread_mutex_unlock(&d->mu);
+    gcd_sessions_wake(d);
+}
+
+/* Take the loop's events and build this cycle's report. */
+static int build_report(engine *e, report_build *rb, bool *shutdown)
+{
+    gcd *d = e->d;
+    pthread_mutex_lock(&d->mu);
+    gcd_event *ev = gcd_queue_take_all(&d->to_engine);
+    rb->r.max_step = d->max_step;
+    /* Buckets with a lost trainer fail whatever step the other nodes start. */
+    for (uint32_t i = 0; i < d->nbuckets; i++)
+        if (d->buckets[i]->lost[0])
+            report_add(rb, d->buckets[i]->name, -1, GCOMP_PEER_LOST, d->buckets[i]->lost);
+    pthread_mutex_unlock(&d->mu);
+
+    while (ev) {
+        gcd_event *next = ev->next;
+        gcd_bucket *b = NULL;
+        if (ev->kind == GCD_EV_READY || ev->kind == GCD_EV_FAIL) {
+            pthread_mutex_lock(&d->mu);
+            b = gcd_bucket_by_id(d, ev->bucket);
+            pthread_mutex_unlock(&d->mu);
+        }
+        switch (ev->kind) {
+        case GCD_EV_READY: {
+            char err[512];
+            gcd_engine_bucket *eb = eng_bucket(b);
+            if (!eb) {
+                report_add(rb, b->name, ev->step, GCOMP_NOMEM, "out of memory");
+                break;
+            }
+            eb->ready_step = ev->step;
+            eb->t_ready = gcd_now_s();
+            int rc = local_sum(d, b, err, sizeof(err));
+            if (rc) {
+                gcd_log_warn("%s", err);
+                report_add(rb, b->name, ev->step, rc, err);
+                break;
+            }
+            Gcomp__ReadyEntry *en = report_add(rb, b->name, ev->step, 0, NULL);
+            if (en && !b->announced && rb->nlay < 64 &&
+                gcd_layout_to_proto(&b->layout, &rb->lay_msgs[rb->nlay], &rb->lay_ptrs[rb->nlay]) == 0) {
+                en->layers = rb->lay_ptrs[rb->nlay];
+                en->n_layers = b->layout.n;
+                rb->nlay++;
+                b->announced = true;
+            } else if (en && !b->announced) {
+                /* Too many new layouts in one cycle: announce it next cycle. */
+                free(en->bucket);
+                free(en->error);
+                free(en);
+                rb->n--;
+                pthread_mutex_lock(&d->mu);
+                gcd_queue_push(&d->to_engine, GCD_EV_READY, b->id, ev->step, 0, 0, NULL);
+                pthread_mutex_unlock(&d->mu);
+                break;
+            }
+            e->outstanding++;
+            break;
+        }
+        case GCD_EV_FAIL:
+            report_add(rb, b->name, ev->step, ev->status, ev->text);
+            break;
+        case GCD_EV_POLICY: {
+            ctl_wait *a = realloc(e->asks, (e->nasks + 1) * sizeof(*a));
+            if (a) {
+                e->asks = a;
+                a[e->nasks].ctl_id = ev->ctl_id;
+                snprintf(a[e->nasks].spec, sizeof(a[e->nasks].spec), "%s", ev->text);
+                e->nasks++;
+            }
+            break;
+        }
+        case GCD_EV_SHUTDOWN:
+            *shutdown = true;
+            break;
+        default:
+            break;
+        }
+        free(ev);
+        ev = next;
+    }
+    rb->r.node = d->node;
+    rb->r.ready = rb->entries;
+    rb->r.n_ready = rb->n;
+    rb->r.shutdown = *shutdown;
+    /* One policy switch per cycle; the coordinator queues them in order. */
+    if (e->sent_asks < e->nasks)
+        rb->r.policy_spec = e->asks[e->sent_asks++].spec;
+    return GCOMP_OK;
+}
+
+/* Node 0: unpack the reports, decide, pack the decision. */
+static int coordinate(engine *e, void **reports, size_t *lens, uint8_t **out, size_t *outlen)
+{
+    int W = e->d->nodes, rc = GCOMP_OK;
+    Gcomp__NodeReport **r = calloc(W, sizeof(*r));
+    if (!r)
+        return GCOMP_NOMEM;
+    for (int w = 0; w < W && !rc; w++)
+        if (!(r[w] = gcomp__node_report__unpack(NULL, lens[w], reports[w]))) {
+            gcd_log_error("undecodable negotiation report from node %d", w);
+            rc = GCOMP_PROTOCOL;
+        }
+    Gcomp__Decision dec = GCOMP__DECISION__INIT;
+    if (!rc)
+        rc = gcd_coord_step(e->coord, r, &dec);
+    if (!rc) {
+        *outlen = gcomp__decision__get_packed_size(&dec);
+        *out = malloc(*outlen ? *outlen : 1);
+        if (*out)
+            gcomp__decision__pack(&dec, *out);
+        else
+            rc = GCOMP_NOMEM;
+    }
+    gcd_coord_decision_clear(&dec);
+    for (int w = 0; w < W; w++)
+        if (r[w])
+            gcomp__node_report__free_unpacked(r[w], NULL);
+    free(r);
+    return rc;
+}
+
+static int apply_policy(engine *e, const Gcomp__Decision *dec)
+{
+    gcd *d = e->d;
+    if (!dec->policy_spec || !*dec->policy_spec || dec->policy_epoch <= e->epoch)
+        return GCOMP_OK;
+    e->epoch = dec->policy_epoch;
+    char err[1024], text[1200];
+    gp_instance *p = NULL;
+    int rc = gp_instance_create(dec->policy_spec, &p, err, sizeof(err));
+    if (rc) {
+        /* Validated where it was asked; every node fails alike, so keep the old one. */
+        snprintf(text, sizeof(text), "policy not switched: %s", err);
+        gcd_log_error("%s", text);
+    } else {
+        if (e->npol == MAX_POLICIES) {
+            gp_instance_destroy(e->pol[0].p);
+            memmove(e->pol, e->pol + 1, (MAX_POLICIES - 1) * sizeof(e->pol[0]));
+            e->npol--;
+        }
+        e->pol[e->npol].from_step = dec->policy_step;
+        e->pol[e->npol++].p = p;
+        snprintf(text, sizeof(text), "policy '%s' applies from step %lld on all %d nodes",
+                 dec->policy_spec, (long long)dec->policy_step, d->nodes);
+        gcd_log_info("%s", text);
+        pthread_mutex_lock(&d->mu);
+        snprintf(d->policy_spec, sizeof(d->policy_spec), "%s", dec->policy_spec);
+        d->policy_epoch = dec->policy_epoch;
+        d->policy_step = dec->policy_step;
+        pthread_mutex_unlock(&d->mu);
+    }
+    if (dec->policy_origin == d->node && e->nasks > 0) {
+        to_loop(d, GCD_EV_CTL_REPLY, 0, 0, rc, e->asks[0].ctl_id, text);
+        memmove(e->asks, e->asks + 1, (e->nasks - 1) * sizeof(*e->asks));
+        e->nasks--;
+        e->sent_asks--;
+    }
+    return GCOMP_OK;
+}
+
+/* Apply one decision entry: run the step, or fail it here. */
+static int apply_entry(engine *e, const Gcomp__DecisionEntry *en)
+{
+    gcd *d = e->d;
+    pthread_mutex_lock(&d->mu);
+    gcd_bucket *b = gcd_bucket_by_name(d, en->bucket);
+    bool mine = b && b->queued && b->pending_step == en->step;
+    pthread_mutex_unlock(&d->mu);
+    if (mine)
+        e->outstanding--;
+    if (en->status) {
+        if (b) {
+            if (mine)
+                record(e, b, en->step, 0, 0, 0, 0, en->status);
+            to_loop(d, GCD_EV_COMPLETE, b->id, en->step, en->status, 0, en->error);
+        }
+        return GCOMP_OK;
+    }
+    if (!mine) {
+        gcd_log_error("decision runs bucket '%s' step %lld that this node does not hold",
+                      en->bucket, (long long)en->step);
+        return GCOMP_INTERNAL;
+    }
+    return run_bucket(e, b, en->step);
+}
+
+/* One negotiation cycle. Returns 1 when the job shuts down, 0 to go on, < 0 on a
+   fatal error (the transport is then aborted). */
+static int cycle(engine *e, bool *shutdown_asked)
+{
+    gcd *d = e->d;
+    gcd_transport *t = &d->transport;
+    report_build rb = {.r = GCOMP__NODE_REPORT__INIT};
+    build_report(e, &rb, shutdown_asked);
+    size_t len = gcomp__node_report__get_packed_size(&rb.r);
+    uint8_t *mine = malloc(len ? len : 1);
+    int rc = mine ? GCOMP_OK : GCOMP_NOMEM, stalled = -1;
+    if (mine)
+        gcomp__node_report__pack(&rb.r, mine);
+    report_clear(&rb);
+
+    void **reports = calloc(d->nodes, sizeof(void *));
+    size_t *lens = calloc(d->nodes, sizeof(size_t));
+    uint8_t *decbuf = NULL;
+    size_t declen = 0;
+    void *got = NULL;
+    size_t gotlen = 0;
+    if (!rc && (!reports || !lens))
+        rc = GCOMP_NOMEM;
+    if (!rc)
+        rc = t->ops->gather_report(t, mine, len, reports, lens, d->cfg.timeout_ms, &stalled);
+    if (!rc && d->node == 0)
+        rc = coordinate(e, reports, lens, &decbuf, &declen);
+    if (!rc)
+        rc = t->ops->bcast_decision(t, decbuf, declen, &got, &gotlen, d->cfg.timeout_ms, &stalled);
+    free(mine);
+    free(decbuf);
+    if (reports)
+        for (int w = 0; w < d->nodes; w++)
+            free(reports[w]);
+    free(reports);
+    free(lens);
+    if (rc) {
+        char why[256];
+        if (rc == GCOMP_STALL)
+            snprintf(why, sizeof(why), "node %d stopped answering for %d ms: job aborted", stalled,
+                     d->cfg.timeout_ms);
+        else
+            snprintf(why, sizeof(why), "negotiation failed on node %d: %s", d->node,
+                     gcomp_strerror(rc));
+        gcd_log_error("%s", why);
+        fail_everything(d, rc == GCOMP_STALL ? GCOMP_STALL : rc, why);
+        free(got);
+        return rc;
+    }
+    Gcomp__Decision *dec = gcomp__decision__unpack(NULL, gotlen, got);
+    free(got);
+    if (!dec) {
+        gcd_log_error("undecodable decision from node 0");
+        fail_everything(d, GCOMP_PROTOCOL, "undecodable decision from node 0");
+        return GCOMP_PROTOCOL;
+    }
+    rc = apply_policy(e, dec);
+    for (size_t i = 0; i < dec->n_run && !rc; i++)
+        rc = apply_entry(e, dec->run[i]);
+    int done = dec->shutdown;
+    gcomp__decision__free_unpacked(dec, NULL);
+    if (d->stats.file)
+        fflush(d->stats.file);
+    if (rc) {
+        fail_everything(d, GCOMP_PEER_LOST, "the job's exchange broke: see the daemon logs");
+        return rc;
+    }
+    return done;
+}
+
+int gcd_engine_run(gcd *d)
+{
+    engine e = {.d = d};
+    char err[1024];
+    gp_instance *p0;
+    if (gp_instance_create(d->cfg.policy, &p0, err, sizeof(err))) {
+        gcd_log_error("%s", err);
+        return GCOMP_INVALID;
+    }
+    e.pol[0] = (policy_slot){.from_step = INT64_MIN, .p = p0};
+    e.npol = 1;
+    if (d->node == 0 && !(e.coord = gcd_coord_new(d->nodes))) {
+        gp_instance_destroy(p0);
+        return GCOMP_NOMEM;
+    }
+    bool shutdown = false;
+    int rc;
+    for (;;) {
+        pthread_mutex_lock(&d->mu);
+        if (!d->to_engine.head && e.outstanding == 0 && e.sent_asks == e.nasks && !shutdown) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += (long)d->cfg.cycle_ms * 1000000L;
+            ts.tv_sec += ts.tv_nsec / 1000000000L;
+            ts.tv_nsec %= 1000000000L;
+            pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+        }
+        pthread_mutex_unlock(&d->mu);
+        rc = cycle(&e, &shutdown);
+        if (rc)
+            break;
+    }
+    if (rc > 0) {
+        fail_everything(d, GCOMP_SHUTDOWN, "the job is shutting down");
+        rc = GCOMP_OK;
+    }
+    for (uint32_t i = 0; i < d->nbuckets; i++)
+        eng_bucket_free(d->buckets[i]);
+    for (int i = 0; i < e.npol; i++)
+        gp_instance_destroy(e.pol[i].p);
+    gcd_coord_free(e.coord);
+    free(e.asks);
+    free(e.buf);
+    free(e.buf2);
+    return rc;
+}

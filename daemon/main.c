@@ -1,0 +1,144 @@
+/*
+ * main.c: gcompd. Parse the settings, start the transport (MPI: one rank per node),
+ * start the loop thread for the sockets, and run the engine on this thread until the
+ * job shuts down (gcompctl shutdown, SIGTERM or SIGINT on any node).
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "gcomp_config.h"
+#include "log.h"
+#include "policy.h"
+
+static gcd *the_daemon;
+
+/* A signal asks for a job-wide shutdown, like gcompctl shutdown. */
+static void *signal_thread(void *arg)
+{
+    sigset_t *set = arg;
+    int sig;
+    if (sigwait(set, &sig) == 0 && the_daemon) {
+        gcd_log_info("signal %d: shutting the job down", sig);
+        pthread_mutex_lock(&the_daemon->mu);
+        gcd_queue_push(&the_daemon->to_engine, GCD_EV_SHUTDOWN, 0, 0, 0, 0, NULL);
+        pthread_cond_signal(&the_daemon->cv);
+        pthread_mutex_unlock(&the_daemon->mu);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    static gcd d;
+    char err[1024];
+    int rc = gcd_config_load(argc, argv, &d.cfg, err, sizeof(err));
+    if (rc == 1)
+        return 0;
+    if (rc) {
+        fprintf(stderr, "gcompd: %s\n", err);
+        return 2;
+    }
+    gp_instance *check;
+    if (gp_instance_create(d.cfg.policy, &check, err, sizeof(err))) {
+        fprintf(stderr, "gcompd: %s\n", err);
+        return 2;
+    }
+    gp_instance_destroy(check);
+    const gcd_transport_ops *ops = gcd_transport_find(d.cfg.transport);
+    if (!ops) {
+        fprintf(stderr, "gcompd: unknown transport '%s'; built in:", d.cfg.transport);
+        for (int i = 0; i < gcd_ntransports; i++)
+            fprintf(stderr, " %s", gcd_transports[i]->name);
+        fprintf(stderr, "\n");
+        return 2;
+    }
+
+    /* Signals go to one thread; the others (MPI's included) never see them. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    d.transport.ops = ops;
+    if ((rc = ops->init(&d.transport, &argc, &argv))) {
+        fprintf(stderr, "gcompd: transport %s: %s\n", ops->name, gcomp_strerror(rc));
+        return 1;
+    }
+    d.node = d.transport.node;
+    d.nodes = d.transport.nodes;
+    gcd_log_setup(d.node, d.cfg.log_level);
+    d.started_ms = gcd_now_ms();
+    d.max_step = -1;
+    pthread_mutex_init(&d.mu, NULL);
+    pthread_cond_init(&d.cv, NULL);
+    snprintf(d.policy_spec, sizeof(d.policy_spec), "%s", d.cfg.policy);
+    d.policy_step = 0;
+
+    d.trainers = gcd_config_trainers(&d.cfg, d.node, d.nodes, err, sizeof(err));
+    uint64_t *counts = calloc(d.nodes, sizeof(uint64_t));
+    /* Every node learns every node's trainer count (and whether it started). */
+    rc = counts ? ops->allgather_u64(&d.transport, d.trainers > 0 ? (uint64_t)d.trainers : 0, counts)
+                : GCOMP_NOMEM;
+    for (int w = 0; !rc && w < d.nodes; w++) {
+        if (counts[w] == 0) {
+            rc = GCOMP_INVALID;
+            if (d.node == w)
+                gcd_log_error("%s", err);
+        }
+        d.total_trainers += (int)counts[w];
+    }
+    free(counts);
+    if (!rc && gcd_stats_open(&d.stats, d.cfg.stats_file, d.node, err, sizeof(err))) {
+        gcd_log_error("%s", err);
+        rc = GCOMP_IO;
+    }
+    if (!rc)
+        rc = gcd_sessions_start(&d);
+    /* Every node must be able to serve before any goes on. */
+    uint64_t *oks = calloc(d.nodes, sizeof(uint64_t));
+    if (oks && ops->allgather_u64(&d.transport, rc == 0, oks) == 0)
+        for (int w = 0; w < d.nodes; w++)
+            if (!oks[w] && !rc)
+                rc = GCOMP_PEER_LOST;
+    free(oks);
+    if (rc) {
+        if (d.node == 0)
+            fprintf(stderr, "gcompd: start-up failed (see the messages above)\n");
+        if (ops->fini)
+            ops->fini(&d.transport);
+        return 1;
+    }
+    gcd_log_info("serving %d trainer(s) on %s (job %s, %d nodes, %d trainers, policy %s, gcomp %s)",
+                 d.trainers, d.sock_path, d.cfg.job_id, d.nodes, d.total_trainers, d.cfg.policy,
+                 GCOMP_VERSION);
+
+    the_daemon = &d;
+    pthread_t loop_thread, sig_thread;
+    pthread_create(&sig_thread, NULL, signal_thread, &set);
+    pthread_detach(sig_thread);
+    pthread_create(&loop_thread, NULL, gcd_sessions_run, &d);
+
+    rc = gcd_engine_run(&d);
+
+    pthread_mutex_lock(&d.mu);
+    d.stopping = true;
+    pthread_mutex_unlock(&d.mu);
+    gcd_sessions_wake(&d);
+    pthread_join(loop_thread, NULL);
+    gcd_stats_close(&d.stats);
+    gcd_buckets_free(&d);
+    if (rc) {
+        gcd_log_error("the engine stopped: %s; aborting the job", gcomp_strerror(rc));
+        ops->abort(&d.transport, 1);
+        return 1;
+    }
+    if (ops->fini)
+        ops->fini(&d.transport);
+    gcd_log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,127 @@
+#include "stats.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int gcd_stats_open(gcd_stats *s, const char *tmpl, int node, char *err, size_t errlen)
+{
+    memset(s, 0, sizeof(*s));
+    if (!tmpl || !*tmpl)
+        return GCOMP_OK;
+    const char *mark = strstr(tmpl, "{node}");
+    if (!mark && node != 0)
+        return GCOMP_OK;
+    char path[1024];
+    if (mark)
+        snprintf(path, sizeof(path), "%.*s%d%s", (int)(mark - tmpl), tmpl, node, mark + 6);
+    else
+        snprintf(path, sizeof(path), "%s", tmpl);
+    s->file = fopen(path, "w");
+    if (!s->file) {
+        snprintf(err, errlen, "stats file %s: %s", path, strerror(errno));
+        return GCOMP_IO;
+    }
+    return GCOMP_OK;
+}
+
+void gcd_stats_close(gcd_stats *s)
+{
+    if (s->file)
+        fclose(s->file);
+    free(s->b);
+    memset(s, 0, sizeof(*s));
+}
+
+gcd_stats_bucket *gcd_stats_bucket_get(gcd_stats *s, const char *name)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->b[i].name, name) == 0)
+            return &s->b[i];
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 16;
+        gcd_stats_bucket *b = realloc(s->b, cap * sizeof(*b));
+        if (!b)
+            return NULL;
+        s->b = b;
+        s->cap = cap;
+    }
+    gcd_stats_bucket *b = &s->b[s->n++];
+    memset(b, 0, sizeof(*b));
+    snprintf(b->name, sizeof(b->name), "%s", name);
+    b->last_step = -1;
+    return b;
+}
+
+size_t gcd_json_str(char *out, size_t len, const char *s)
+{
+    size_t n = 0;
+#define PUT(c)              \
+    do {                    \
+        if (n + 1 < len)    \
+            out[n] = (c);   \
+        n++;                \
+    } while (0)
+    PUT('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            PUT('\\');
+            PUT((char)c);
+        } else if (c < 0x20) {
+            char esc[8];
+            snprintf(esc, sizeof(esc), "\\u%04x", c);
+            for (char *e = esc; *e; e++)
+                PUT(*e);
+        } else {
+            PUT((char)c);
+        }
+    }
+    PUT('"');
+#undef PUT
+    if (len)
+        out[n < len ? n : len - 1] = '\0';
+    return n;
+}
+
+void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len)
+{
+    size_t n = 0;
+#define ADD(...)                                                         \
+    do {                                                                 \
+        if (n < len)                                                     \
+            n += (size_t)snprintf(out + n, len - n, __VA_ARGS__);        \
+    } while (0)
+    if (json)
+        ADD("{\"nonfinite_steps\":%llu,\"buckets\":[", (unsigned long long)s->nonfinite);
+    else
+        ADD("%-24s %8s %6s %14s %14s %7s %9s %9s %9s\n", "bucket", "steps", "failed",
+            "dense_bytes", "payload_bytes", "ratio", "sum_ms", "xchg_ms", "total_ms");
+    for (size_t i = 0; i < s->n; i++) {
+        const gcd_stats_bucket *b = &s->b[i];
+        double k = b->steps ? 1.0 / (double)b->steps : 0.0;
+        double ratio = b->payload_bytes ? (double)b->dense_bytes / (double)b->payload_bytes : 0.0;
+        if (json) {
+            char name[2 * GCOMP_MAX_NAME + 8];
+            gcd_json_str(name, sizeof(name), b->name);
+            ADD("%s{\"bucket\":%s,\"steps\":%llu,\"failed\":%llu,\"last_step\":%lld,"
+                "\"dense_bytes\":%llu,\"payload_bytes\":%llu,\"ratio\":%.4f,"
+                "\"mean_sum_ms\":%.4f,\"mean_wait_ms\":%.4f,\"mean_exchange_ms\":%.4f,"
+                "\"mean_total_ms\":%.4f}",
+                i ? "," : "", name, (unsigned long long)b->steps, (unsigned long long)b->failed,
+                (long long)b->last_step, (unsigned long long)b->dense_bytes,
+                (unsigned long long)b->payload_bytes, ratio, b->t_sum_ms * k, b->t_wait_ms * k,
+                b->t_exchange_ms * k, b->t_total_ms * k);
+        } else {
+            ADD("%-24.24s %8llu %6llu %14llu %14llu %7.2f %9.3f %9.3f %9.3f\n", b->name,
+                (unsigned long long)b->steps, (unsigned long long)b->failed,
+                (unsigned long long)b->dense_bytes, (unsigned long long)b->payload_bytes, ratio,
+                b->t_sum_ms * k, b->t_exchange_ms * k, b->t_total_ms * k);
+        }
+    }
+    if (json)
+        ADD("]}");
+    else
+        ADD("non-finite steps refused: %llu\n", (unsigned long long)s->nonfinite);
+#undef ADD
+}

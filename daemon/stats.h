@@ -1,0 +1,40 @@
+/*
+ * stats.h: per step and bucket records (JSON lines in the stats file) and running
+ * totals per bucket for `gcompctl stats`.
+ */
+#ifndef GCD_STATS_H
+#define GCD_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "gcomp.h"
+
+typedef struct gcd_stats_bucket {
+    char name[GCOMP_MAX_NAME + 1];
+    uint64_t steps, failed;
+    uint64_t dense_bytes, payload_bytes;
+    double t_sum_ms, t_wait_ms, t_exchange_ms, t_total_ms; /* sums over steps */
+    int64_t last_step;
+} gcd_stats_bucket;
+
+typedef struct gcd_stats {
+    FILE *file;               /* JSON lines; NULL when not asked for */
+    gcd_stats_bucket *b;      /* totals, under gcd.mu */
+    size_t n, cap;
+    uint64_t nonfinite;       /* steps refused for non-finite input */
+} gcd_stats;
+
+/* Open the stats file for this node if the template asks for one ("{node}" replaced;
+   without it only node 0 writes). Returns 0 or GCOMP_IO with err. */
+int gcd_stats_open(gcd_stats *s, const char *tmpl, int node, char *err, size_t errlen);
+void gcd_stats_close(gcd_stats *s);
+/* Totals of a bucket, created on first use (under gcd.mu); NULL on out of memory. */
+gcd_stats_bucket *gcd_stats_bucket_get(gcd_stats *s, const char *name);
+/* Write s as a JSON string (quotes and escapes) into out; returns chars written. */
+size_t gcd_json_str(char *out, size_t len, const char *s);
+/* The totals as JSON or text (under gcd.mu). */
+void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len);
+
+#endif
