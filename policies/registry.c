@@ -98,8 +98,8 @@ int gp_instance_create(const char *spec, gp_instance **out, char *err, size_t er
             }
             continue;
         }
-        size_t n = (size_t)snprintf(err, errlen, "policy '%s' has no key '%s'; valid keys: ",
-                                    p->name, tok);
+        size_t n = (size_t)snprintf(err, errlen, "policy '%s' has no key '%.*s'; valid keys: ",
+                                    p->name, (int)strcspn(tok, "="), tok);
         for (const char *const *k = p->keys; *k && n < errlen; k++)
             n += (size_t)snprintf(err + n, errlen - n, "%s%s", k == p->keys ? "" : ", ", *k);
         return GCOMP_INVALID;

@@ -1,0 +1,236 @@
+/* The coordinator's decisions: readiness across nodes, order, mismatches, failures,
+   policy switches and shutdown. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "coord.h"
+#include "gcomp.h"
+
+#define MAXE 8
+
+typedef struct fake_node {
+    Gcomp__NodeReport r;
+    Gcomp__ReadyEntry e[MAXE];
+    Gcomp__ReadyEntry *p[MAXE];
+    Gcomp__Layer lay[MAXE];
+    Gcomp__Layer *layp[MAXE];
+    int64_t shape[MAXE][2];
+} fake_node;
+
+static void node_init(fake_node *n, int w)
+{
+    memset(n, 0, sizeof(*n));
+    gcomp__node_report__init(&n->r);
+    n->r.node = w;
+    n->r.ready = n->p;
+    n->r.max_step = -1;
+}
+
+/* Report bucket `name` at `step` with a one-layer layout of rows x cols (0: none). */
+static void node_ready(fake_node *n, const char *name, int64_t step, int rows, int cols)
+{
+    size_t i = n->r.n_ready++;
+    gcomp__ready_entry__init(&n->e[i]);
+    n->e[i].bucket = (char *)name;
+    n->e[i].step = step;
+    if (rows) {
+        gcomp__layer__init(&n->lay[i]);
+        n->lay[i].name = "w";
+        n->shape[i][0] = rows;
+        n->shape[i][1] = cols;
+        n->lay[i].shape = n->shape[i];
+        n->lay[i].n_shape = 2;
+        n->layp[i] = &n->lay[i];
+        n->e[i].layers = &n->layp[i];
+        n->e[i].n_layers = 1;
+    }
+    n->p[i] = &n->e[i];
+    if (step > n->r.max_step)
+        n->r.max_step = step;
+}
+
+static void node_fail(fake_node *n, const char *name, int64_t step, int status, const char *why)
+{
+    size_t i = n->r.n_ready++;
+    gcomp__ready_entry__init(&n->e[i]);
+    n->e[i].bucket = (char *)name;
+    n->e[i].step = step;
+    n->e[i].status = status;
+    n->e[i].error = (char *)why;
+    n->p[i] = &n->e[i];
+}
+
+static void run(gcd_coord *c, fake_node *nodes, int n, Gcomp__Decision *dec)
+{
+    Gcomp__NodeReport *r[4];
+    for (int w = 0; w < n; w++)
+        r[w] = &nodes[w].r;
+    gcomp__decision__init(dec);
+    assert_int_equal(gcd_coord_step(c, r, dec), GCOMP_OK);
+}
+
+static void test_runs_when_all_ready_in_report_order(void **st)
+{
+    (void)st;
+    gcd_coord *c = gcd_coord_new(2);
+    fake_node n[2];
+    Gcomp__Decision dec;
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    node_ready(&n[0], "b1", 0, 4, 4);
+    node_ready(&n[0], "b0", 0, 2, 2);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 0); /* node 1 has nothing yet */
+    gcd_coord_decision_clear(&dec);
+
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    node_ready(&n[1], "b0", 0, 2, 2);
+    node_ready(&n[1], "b1", 0, 4, 4);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 2);
+    assert_string_equal(dec.run[0]->bucket, "b1"); /* first reported first */
+    assert_string_equal(dec.run[1]->bucket, "b0");
+    assert_int_equal(dec.run[0]->status, 0);
+    gcd_coord_decision_clear(&dec);
+
+    /* The next step needs no layout again. */
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    node_ready(&n[0], "b0", 1, 0, 0);
+    node_ready(&n[1], "b0", 1, 0, 0);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 1);
+    assert_int_equal(dec.run[0]->step, 1);
+    assert_int_equal(dec.run[0]->status, 0);
+    gcd_coord_decision_clear(&dec);
+    gcd_coord_free(c);
+}
+
+static void test_layout_mismatch_names_bucket_and_nodes(void **st)
+{
+    (void)st;
+    gcd_coord *c = gcd_coord_new(2);
+    fake_node n[2];
+    Gcomp__Decision dec;
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    node_ready(&n[0], "grads", 0, 10, 20);
+    node_ready(&n[1], "grads", 0, 10, 21);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 1);
+    assert_int_equal(dec.run[0]->status, GCOMP_MISMATCH);
+    assert_non_null(strstr(dec.run[0]->error, "bucket 'grads'"));
+    assert_non_null(strstr(dec.run[0]->error, "node 0 and node 1"));
+    assert_non_null(strstr(dec.run[0]->error, "[10, 20] vs [10, 21]"));
+    gcd_coord_decision_clear(&dec);
+
+    /* It keeps failing on later steps, without layouts. */
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    node_ready(&n[0], "grads", 1, 0, 0);
+    node_ready(&n[1], "grads", 1, 0, 0);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 1);
+    assert_int_equal(dec.run[0]->status, GCOMP_MISMATCH);
+    gcd_coord_decision_clear(&dec);
+    gcd_coord_free(c);
+}
+
+static void test_step_mismatch_fails_both(void **st)
+{
+    (void)st;
+    gcd_coord *c = gcd_coord_new(2);
+    fake_node n[2];
+    Gcomp__Decision dec;
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    node_ready(&n[0], "b", 5, 2, 2);
+    node_ready(&n[1], "b", 6, 2, 2);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(dec.run[i]->status, GCOMP_STEP);
+        assert_non_null(strstr(dec.run[i]->error, "node 1 submitted step 6"));
+    }
+    gcd_coord_decision_clear(&dec);
+    gcd_coord_free(c);
+}
+
+static void test_lost_trainer_fails_pending_step_everywhere(void **st)
+{
+    (void)st;
+    gcd_coord *c = gcd_coord_new(3);
+    fake_node n[3];
+    Gcomp__Decision dec;
+    for (int w = 0; w < 3; w++)
+        node_init(&n[w], w);
+    node_ready(&n[0], "b", 3, 2, 2);
+    node_ready(&n[2], "b", 3, 2, 2);
+    node_fail(&n[1], "b", -1, GCOMP_PEER_LOST, "trainer local rank 1 disconnected");
+    run(c, n, 3, &dec);
+    assert_int_equal(dec.n_run, 1);
+    assert_int_equal(dec.run[0]->step, 3);
+    assert_int_equal(dec.run[0]->status, GCOMP_PEER_LOST);
+    assert_non_null(strstr(dec.run[0]->error, "node 1: trainer local rank 1 disconnected"));
+    gcd_coord_decision_clear(&dec);
+
+    /* A failure of a step nobody reported is passed on as is. */
+    for (int w = 0; w < 3; w++)
+        node_init(&n[w], w);
+    node_fail(&n[2], "b", 4, GCOMP_NONFINITE, "layer 'w': non-finite");
+    run(c, n, 3, &dec);
+    assert_int_equal(dec.n_run, 1);
+    assert_int_equal(dec.run[0]->step, 4);
+    assert_int_equal(dec.run[0]->status, GCOMP_NONFINITE);
+    gcd_coord_decision_clear(&dec);
+    gcd_coord_free(c);
+}
+
+static void test_policy_switch_applies_after_highest_step(void **st)
+{
+    (void)st;
+    gcd_coord *c = gcd_coord_new(2);
+    fake_node n[2];
+    Gcomp__Decision dec;
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[0].r.max_step = 7;
+    n[1].r.max_step = 9;
+    n[1].r.policy_spec = "none";
+    n[0].r.policy_spec = "static:codec=none";
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.policy_epoch, 1);
+    assert_string_equal(dec.policy_spec, "static:codec=none"); /* node 0's, queued first */
+    assert_int_equal(dec.policy_origin, 0);
+    assert_int_equal(dec.policy_step, 10);
+    gcd_coord_decision_clear(&dec);
+
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[1].r.shutdown = 1;
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.policy_epoch, 2); /* node 1's request, one cycle later */
+    assert_string_equal(dec.policy_spec, "none");
+    assert_int_equal(dec.policy_origin, 1);
+    assert_true(dec.shutdown);
+    gcd_coord_decision_clear(&dec);
+    gcd_coord_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_runs_when_all_ready_in_report_order),
+        cmocka_unit_test(test_layout_mismatch_names_bucket_and_nodes),
+        cmocka_unit_test(test_step_mismatch_fails_both),
+        cmocka_unit_test(test_lost_trainer_fails_pending_step_everywhere),
+        cmocka_unit_test(test_policy_switch_applies_after_highest_step),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
