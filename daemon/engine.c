@@ -12,6 +12,7 @@
  * codec's phases, all layers sharing a spec batched into one collective per phase.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,10 @@
 #include "daemon.h"
 #include "log.h"
 #include "policy.h"
+
+#ifdef __SSE__
+#include <immintrin.h>
+#endif
 
 /* Per-layer engine state of a bucket. */
 typedef struct eng_layer {
@@ -142,21 +147,51 @@ static void eng_bucket_free(gcd_bucket *b)
     b->eng = NULL;
 }
 
-/*
- * out = scale * sum_t in[t], in chunks that stay in cache. Returns a value that is
- * finite iff every output is finite (inf - inf and NaN - NaN are NaN).
- */
-static float sum_scaled(float *restrict out, float *const *in, int T, size_t n, float scale)
+/* 1 if any of the n floats is Inf or NaN (all exponent bits set). An integer OR
+   reduction, so it vectorises (a float sum would be a serial dependency chain). */
+static uint32_t any_nonfinite(const float *restrict v, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &v[i], sizeof(u));
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad;
+}
+
+/* o = a * scale with non-temporal stores where the target has them. */
+static void scale_stream(float *restrict o, const float *restrict a, size_t m, float scale)
+{
+    size_t i = 0;
+#ifdef __SSE__
+    if (((uintptr_t)o & 15) == 0) {
+        __m128 s = _mm_set1_ps(scale);
+        for (; i + 4 <= m; i += 4)
+            _mm_stream_ps(o + i, _mm_mul_ps(_mm_loadu_ps(a + i), s));
+    }
+#endif
+    for (; i < m; i++)
+        o[i] = a[i] * scale;
+}
+
+/* out = scale * sum_t in[t], in chunks that stay in cache; returns 1 if any output is
+   not finite. */
+static uint32_t sum_scaled(float *restrict out, float *const *in, int T, size_t n, float scale)
 {
     enum { CHUNK = 4096 };
-    float chk = 0.0f;
+    uint32_t bad = 0;
     for (size_t off = 0; off < n; off += CHUNK) {
         size_t m = n - off < CHUNK ? n - off : CHUNK;
         float *restrict o = out + off;
         const float *restrict a = in[0] + off;
         if (T == 1) {
-            for (size_t i = 0; i < m; i++)
-                o[i] = a[i] * scale;
+            /* The result is read by other processes later, not by us: stream it past
+               the cache (no read-for-ownership), as memcpy does for large copies. An
+               input that is finite stays finite when scaled by <= 1. */
+            scale_stream(o, a, m, scale);
+            bad |= any_nonfinite(a, m);
+            continue;
         } else {
             const float *restrict b = in[1] + off;
             for (size_t i = 0; i < m; i++)
@@ -169,12 +204,9 @@ static float sum_scaled(float *restrict out, float *const *in, int T, size_t n, 
             for (size_t i = 0; i < m; i++)
                 o[i] *= scale;
         }
-        float c = 0.0f;
-        for (size_t i = 0; i < m; i++)
-            c += o[i] - o[i];
-        chk += c;
+        bad |= any_nonfinite(o, m);
     }
-    return chk;
+    return bad;
 }
 
 /* Local sum of a ready bucket into its result region. Returns 0, or GCOMP_NONFINITE
@@ -182,9 +214,13 @@ static float sum_scaled(float *restrict out, float *const *in, int T, size_t n, 
 static int local_sum(gcd *d, gcd_bucket *b, char *err, size_t errlen)
 {
     double t0 = gcd_now_s();
-    float chk = sum_scaled(b->res, b->in, b->trainers, b->layout.numel, 1.0f / (float)d->total_trainers);
+    uint32_t bad = sum_scaled(b->res, b->in, b->trainers, b->layout.numel,
+                              1.0f / (float)d->total_trainers);
+#ifdef __SSE__
+    _mm_sfence(); /* streamed stores are visible before the exchange reads them */
+#endif
     b->eng->t_sum_ms = (gcd_now_s() - t0) * 1e3;
-    if (isfinite(chk))
+    if (!bad)
         return GCOMP_OK;
     for (size_t i = 0; i < b->layout.n; i++) {
         const gcd_layer *l = &b->layout.layers[i];
