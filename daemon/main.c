@@ -35,8 +35,18 @@ int main(int argc, char **argv)
     static gcd d;
     char err[1024];
     int rc = gcd_config_load(argc, argv, &d.cfg, err, sizeof(err));
-    if (rc == 1)
+    if (rc == 1) {
+        printf("\ncodecs (--codec NAME[:key=value,...]):\n");
+        for (int i = 0; i < gk_ncodecs; i++)
+            printf("  %-18s %s\n", gk_codecs[i]->name, gk_codecs[i]->summary);
+        printf("\npolicies (--policy NAME[:key=value,...]):\n");
+        for (int i = 0; i < gp_npolicies; i++)
+            printf("  %-18s %s\n", gp_policies[i]->name, gp_policies[i]->summary);
+        printf("\ntransports (--transport NAME):\n");
+        for (int i = 0; i < gcd_ntransports; i++)
+            printf("  %-18s %s\n", gcd_transports[i]->name, gcd_transports[i]->summary);
         return 0;
+    }
     if (rc) {
         fprintf(stderr, "gcompd: %s\n", err);
         return 2;
