@@ -326,6 +326,9 @@ static int exchange_dense(engine *e, gcd_bucket *b, int ncompressed, size_t *pay
     return GCOMP_OK;
 }
 
+/* Segments start 8-byte aligned; the padding travels and is counted. */
+#define ALIGN8(x) (((x) + 7) & ~(size_t)7)
+
 static size_t coll_elem(gk_coll c)
 {
     return c == GK_COLL_ALLREDUCE_F32 ? 4 : c == GK_COLL_ALLGATHER ? 1 : 2;
@@ -347,9 +350,9 @@ static int run_phase(engine *e, gcd_bucket *b, int64_t step, const size_t *idx, 
     const gk_codec_impl *impl = gk_codec_impl_of(c);
     gk_coll coll = c->phase_coll ? c->phase_coll(spec, phase) : GK_COLL_ALLREDUCE_F32;
     bool gather = coll == GK_COLL_ALLGATHER;
-    size_t head = gather ? n * sizeof(uint32_t) : 0, total = head;
+    size_t head = gather ? ALIGN8(n * sizeof(uint32_t)) : 0, total = head;
     for (size_t j = 0; j < n; j++)
-        total += c->max_bytes(spec, &eb->layers[idx[j]].geom, phase);
+        total += ALIGN8(c->max_bytes(spec, &eb->layers[idx[j]].geom, phase));
     uint8_t *send = scratch(&e->buf, &e->bufcap, total ? total : 1);
     if (!send)
         return GCOMP_NOMEM;
@@ -373,9 +376,13 @@ static int run_phase(engine *e, gcd_bucket *b, int64_t step, const size_t *idx, 
             uint32_t sz = (uint32_t)bytes;
             memcpy(send + j * sizeof(uint32_t), &sz, sizeof(sz));
         }
+        memset(send + off + bytes, 0, ALIGN8(bytes) - bytes);
+        bytes = ALIGN8(bytes);
         l->payload += bytes;
         off += bytes;
     }
+    if (gather)
+        memset(send + n * sizeof(uint32_t), 0, head - n * sizeof(uint32_t));
     *payload += off;
 
     if (!gather) {
@@ -392,7 +399,7 @@ static int run_phase(engine *e, gcd_bucket *b, int64_t step, const size_t *idx, 
             const void *recv = send + at;
             rc = impl->decode(&call, l->x, &recv, &bytes, 1,
                               b->res + b->layout.layers[idx[j]].offset);
-            at += bytes;
+            at += ALIGN8(bytes);
         }
         return rc;
     }
@@ -435,14 +442,14 @@ static int run_phase(engine *e, gcd_bucket *b, int64_t step, const size_t *idx, 
         for (int w = 0; w < W; w++) {
             uint32_t sz;
             memcpy(&sz, recv + displs[w] + j * sizeof(uint32_t), sizeof(sz));
-            if (cursor[w] + sz > displs[w] + counts[w]) {
+            if (cursor[w] + ALIGN8(sz) > displs[w] + counts[w]) {
                 gcd_log_error("node %d sent a malformed payload for bucket %s", w, b->name);
                 rc = GCOMP_PROTOCOL;
                 break;
             }
             recvp[w] = recv + cursor[w];
             recvb[w] = sz;
-            cursor[w] += sz;
+            cursor[w] += ALIGN8(sz);
         }
         if (rc)
             break;

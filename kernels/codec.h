@@ -20,8 +20,13 @@
  *      GK_COLL_ALLREDUCE_F16 / _BF16: same with IEEE half / bfloat16 elements (sum
  *        computed in float32 and rounded per element).
  *      GK_COLL_ALLGATHER: segments are opaque bytes of any size <= max_bytes; decode()
- *        gets nrecv = W, recv[w] and bytes[w] = node w's segment.
- *    then calls decode() for each layer.
+ *        gets nrecv = W, recv[w] and bytes[w] = exactly the bytes node w's encode()
+ *        wrote (so a payload needs no count header of its own).
+ *    then calls decode() for each layer. Every segment, sent or received, starts at an
+ *    8-byte aligned address.
+ *  - Between steps the engine changes x only by adding g (or, with ef = 0, by zeroing
+ *    it after the step). When a layer's spec changes to another codec, or the layer
+ *    stops being compressed, x is zeroed and the state freed and made anew.
  *  - After the last phase's decode: out[numel] holds the reconstructed mean over the
  *    nodes, and x holds the new error-feedback residual (x minus what this node's
  *    payload represents, or minus the global reconstruction where the algorithm says so,

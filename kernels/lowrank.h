@@ -1,0 +1,112 @@
+/*
+ * lowrank.h: what the scalar reference (ref/powersgd.c) and the BLAS version
+ * (cpu/powersgd.c) of the low-rank codecs share: parameter indices, the per-layer
+ * state and its layout, and the shared random draw.
+ *
+ * Layout: P (n x r_t) and Q (m x r_t) are column-major (column j of P is
+ * p[j * n .. j * n + n - 1]); the payloads of the P and Q phases are exactly these
+ * arrays as float32. The layer matrix x is row-major n x m (rows = shape[0]).
+ */
+#ifndef GK_LOWRANK_H
+#define GK_LOWRANK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "codec.h"
+#include "rng.h"
+
+/* Indices into gk_spec.v for powersgd's keys (the order of its params table). */
+enum { GK_PSGD_RANK = 0, GK_PSGD_WARM_START = 1, GK_PSGD_POWER_ITERS = 2, GK_PSGD_MIN_RATE = 3 };
+
+/* The eps of the Gram-Schmidt normalisation c /= (|c| + eps) (algorithms.md 2.2). */
+#define GK_LOWRANK_EPS 1e-8f
+
+/* Projection passes of the Gram-Schmidt (see gk_lowrank_orthogonalise_ref). */
+#define GK_LOWRANK_GS_PASSES 2
+
+/* Per layer and node state of powersgd and powersgd_unbiased. */
+typedef struct gk_lowrank_state {
+    size_t n, m, r; /* rows, cols, r_t = min(n, m, rank) */
+    float *p;       /* n x r column-major; never NULL */
+    float *q;       /* m x r column-major; never NULL */
+    float *work;    /* 2 r floats for the QR path (tau and diag R); never NULL */
+    bool have_p;    /* p holds an averaged P from an earlier step (powersgd_unbiased) */
+    bool have_q;    /* q holds an averaged Q from an earlier step */
+} gk_lowrank_state;
+
+/* r_t = min(n, m, rank) for a layer under a spec whose first key is the rank. */
+static inline size_t gk_lowrank_rank(const gk_spec *spec, const gk_layer *layer)
+{
+    size_t r = (size_t)spec->v[GK_PSGD_RANK];
+    if (r > layer->rows)
+        r = layer->rows;
+    if (r > layer->cols)
+        r = layer->cols;
+    return r;
+}
+
+/*
+ * Fill a[0 .. len-1] with N(0,1) from the shared generator seeded (seed, layer id,
+ * step, 0), in index order, so every node and both implementations draw the same.
+ */
+static inline void gk_lowrank_random(const gk_call *call, float *a, size_t len)
+{
+    gk_rng rng;
+    gk_rng_seed(&rng, call->seed, call->layer->id, call->step, 0);
+    for (size_t i = 0; i < len; i++)
+        a[i] = gk_rng_normal(&rng);
+}
+
+/* Whether every element of a[0 .. len-1] is zero. A factor that is all zero (the
+   layer's gradient was zero) would keep every later step's output at zero through
+   the warm start, so the codecs draw a fresh one instead. */
+static inline bool gk_lowrank_all_zero(const float *a, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (a[i] != 0.0f)
+            return false;
+    return true;
+}
+
+/* powersgd_unbiased's payload in floats: r_t max(n, m), whichever factor it carries
+   (see unbiased_max_bytes in ref/powersgd.c). */
+static inline size_t gk_lowrank_padded(const gk_lowrank_state *st)
+{
+    return (st->n > st->m ? st->n : st->m) * st->r;
+}
+
+/* Zero the floats of send after the *bytes written, up to the padded size, and set
+   *bytes to it: the zeros sum to zero and are ignored by the decoder. */
+static inline void gk_lowrank_pad(const gk_lowrank_state *st, void *send, size_t *bytes)
+{
+    float *f = send;
+    size_t used = *bytes / sizeof(float), total = gk_lowrank_padded(st);
+    for (size_t i = used; i < total; i++)
+        f[i] = 0.0f;
+    *bytes = total * sizeof(float);
+}
+
+/*
+ * Orthogonalise the r columns (each of length len >= r) of the column-major a in
+ * place: Gram-Schmidt with eps as the paper code, c_i -= <c_j, c_i> / <c_j, c_j> c_j
+ * for j < i, then c_i /= (|c_i| + eps); a zero column stays zero. Two differences from
+ * the paper code, both invisible for a well-conditioned P (where <c_j, c_j> = 1 to
+ * ~1e-8 and one pass is exact to float precision): the projections are applied twice
+ * ("twice is enough"), and divide by <c_j, c_j>, which eps makes a little less than 1
+ * for a short column. Both matter when P is rank deficient (a gradient of rank < r):
+ * the later columns are then normalised rounding noise, which a single inexact pass
+ * leaves far from orthogonal to the earlier columns, breaking P^ P^T M = M.
+ * The reference uses plain loops; the optimised version BLAS level-1 calls for
+ * r <= 2 and LAPACK QR above, rescaled to the same result (work holds 2 r floats;
+ * returns 0 or GCOMP_INTERNAL). Exposed for the tests.
+ */
+void gk_lowrank_orthogonalise_ref(float *a, size_t len, size_t r);
+int gk_lowrank_orthogonalise_cpu(float *a, size_t len, size_t r, float *work);
+
+/* The optimised implementations (cpu/powersgd.c); the codec entries live in
+   ref/powersgd.c next to the reference. */
+extern const gk_codec_impl gk_powersgd_cpu;
+extern const gk_codec_impl gk_powersgd_unbiased_cpu;
+
+#endif /* GK_LOWRANK_H */
