@@ -1,0 +1,312 @@
+"""The trainer side of gcomp: Client, Bucket and Error (ctypes over libgcomp-client).
+
+Typical use, inside a process started by ``gcomp-run`` (which sets the GCOMP_*
+environment)::
+
+    import gcomp
+    with gcomp.Client() as client:
+        bucket = client.register("b0", [("fc.weight", (10, 512)), ("fc.bias", (10,))])
+        for step in range(steps):
+            bucket.data[:] = gradients          # zero copy: shared memory
+            bucket.submit(step)
+            bucket.wait(timeout_ms=60000)
+            mean = bucket.result.copy()         # the mean over every trainer of the job
+
+A Client and its buckets are used by one thread at a time (see gcomp.h). The numpy
+views returned by ``Bucket.data`` and ``Bucket.result`` point into memory that is
+unmapped by ``Client.close()``: do not use them after closing.
+"""
+
+import ctypes
+import math
+import time
+
+import numpy as np
+
+from . import _lib
+from ._lib import Status
+
+# gcomp_wait() is called in slices of this many milliseconds so that Ctrl-C (and other
+# Python signal handlers) run while a trainer waits; GCOMP_TIMEOUT from one slice only
+# means "not done yet" and the step stays in flight.
+_WAIT_SLICE_MS = 500
+
+
+class Error(Exception):
+    """A gcomp call failed.
+
+    Attributes: ``code`` (a negative status, comparable with :class:`gcomp.Status`),
+    ``name`` (``"GCOMP_TIMEOUT"``), ``message`` (the detailed text, the daemon's own
+    when it sent one, else the library's short text for the code) and ``what`` (the
+    operation that failed, e.g. "registering bucket 'b0'", or None).
+    """
+
+    def __init__(self, code, message=None, what=None):
+        self.code = int(code)
+        try:
+            self.name = _lib.err_name(self.code)
+        except OSError:  # no library: fall back to the table in _lib
+            status = self.status
+            self.name = f"GCOMP_{status.name}" if isinstance(status, Status) else "GCOMP_UNKNOWN"
+        if not message:
+            try:
+                message = _lib.strerror(self.code)
+            except OSError:
+                message = "unknown error"
+        self.message = message
+        self.what = what
+        prefix = f"{what}: " if what else ""
+        super().__init__(f"{prefix}{self.name}: {message}")
+
+    @property
+    def status(self):
+        """The code as a :class:`gcomp.Status` (or the plain int if unknown)."""
+        try:
+            return Status(self.code)
+        except ValueError:
+            return self.code
+
+
+def _encode(text, what):
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, got {type(text).__name__}")
+    data = text.encode()
+    if b"\0" in data:
+        raise ValueError(f"{what} {text!r} contains a NUL byte")
+    return data
+
+
+class Client:
+    """A connection to the node's gcompd.
+
+    Arguments left as None come from the environment the launcher sets
+    (GCOMP_SOCKET, GCOMP_JOB_ID, GCOMP_LOCAL_RANK, GCOMP_CONNECT_TIMEOUT_MS). The
+    connection is retried until the daemon's socket is up or the connect timeout ends.
+    Raises :class:`Error` (GCOMP_VERSION for a wrong job id, GCOMP_TIMEOUT when no
+    daemon answered, GCOMP_INVALID for missing settings).
+    """
+
+    def __init__(self, socket=None, job_id=None, local_rank=None, connect_timeout_ms=None):
+        self._handle = None  # first, so that close() works on a failed construction
+        self._buckets = {}
+        lib = _lib.load()
+        self._lib = lib
+        opts = _lib.Options()
+        opts.socket_path = _encode(str(socket), "socket") if socket is not None else None
+        opts.job_id = _encode(job_id, "job_id") if job_id is not None else None
+        opts.local_rank = -1 if local_rank is None else int(local_rank)
+        opts.connect_timeout_ms = 0 if connect_timeout_ms is None else min(int(connect_timeout_ms), 2**31 - 1)
+        if local_rank is not None and opts.local_rank < 0:
+            raise ValueError(f"local_rank must be >= 0, got {local_rank}")
+        handle = ctypes.c_void_p()
+        rc = lib.gcomp_connect(ctypes.byref(opts), ctypes.byref(handle))
+        if rc != 0:
+            where = socket if socket is not None else "$GCOMP_SOCKET"
+            detail = (lib.gcomp_last_error(None) or b"").decode(errors="replace")
+            raise Error(rc, detail or None, what=f"connecting to gcompd at {where}")
+        self._handle = handle
+        self.node = lib.gcomp_node(handle)
+        self.nodes = lib.gcomp_nodes(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        # Best effort at interpreter exit; close() explicitly or use a with block.
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def closed(self):
+        """True once close() was called."""
+        return self._handle is None
+
+    def close(self):
+        """Disconnect and unmap every bucket. Calling it again does nothing."""
+        if self._handle is None:
+            return
+        for bucket in self._buckets.values():
+            bucket._handle = None
+        self._buckets.clear()
+        self._lib.gcomp_disconnect(self._handle)
+        self._handle = None
+
+    def _check_open(self):
+        if self._handle is None:
+            raise Error(Status.INVALID, "the client is closed")
+
+    def _error(self, rc, what):
+        """An Error for status rc with the library's detailed message."""
+        detail = self._lib.gcomp_last_error(self._handle) if self._handle else None
+        return Error(rc, detail.decode(errors="replace") if detail else None, what)
+
+    def last_error(self):
+        """The detailed text of the client's last failure ("" if none)."""
+        self._check_open()
+        return (self._lib.gcomp_last_error(self._handle) or b"").decode(errors="replace")
+
+    def register(self, name, layers):
+        """Register a bucket and return its :class:`Bucket`.
+
+        ``layers`` is a sequence of ``(layer_name, shape)`` pairs (float32, laid out back
+        to back in order). Every trainer of the job must register the same buckets with
+        the same layers; a difference raises Error GCOMP_MISMATCH naming the bucket.
+        Registering the same name twice raises GCOMP_INVALID.
+        """
+        self._check_open()
+        layers = list(layers)
+        if not layers:
+            raise ValueError(f"bucket {name!r}: no layers")
+        if len(layers) > _lib.MAX_LAYERS:
+            raise ValueError(f"bucket {name!r}: {len(layers)} layers, at most {_lib.MAX_LAYERS}")
+        arr = (_lib.Layer * len(layers))()
+        keep = []  # the encoded names must live until the call returns
+        specs = []
+        for i, layer in enumerate(layers):
+            try:
+                lname, shape = layer
+            except (TypeError, ValueError):
+                raise TypeError(f"bucket {name!r}: layer {i} must be a (name, shape) pair, got {layer!r}") from None
+            shape = (int(shape),) if isinstance(shape, int) else tuple(int(d) for d in shape)
+            if len(shape) > _lib.MAX_DIMS:
+                raise ValueError(f"bucket {name!r}, layer {lname!r}: {len(shape)} dimensions, at most {_lib.MAX_DIMS}")
+            encoded = _encode(lname, f"bucket {name!r}: layer name")
+            keep.append(encoded)
+            arr[i].name = encoded
+            arr[i].ndim = len(shape)
+            for d, n in enumerate(shape):
+                arr[i].shape[d] = n
+            arr[i].dtype = _lib.FLOAT32
+            specs.append((lname, shape))
+        handle = ctypes.c_void_p()
+        rc = self._lib.gcomp_bucket_register(self._handle, _encode(name, "bucket name"),
+                                             arr, len(layers), ctypes.byref(handle))
+        if rc != 0:
+            raise self._error(rc, f"registering bucket {name!r}")
+        bucket = Bucket(self, handle, name, specs)
+        self._buckets[name] = bucket
+        return bucket
+
+    def hint(self, step, lr=None, samples=None, epoch_end=False):
+        """Send hints for ``step`` to the daemon's policy (no reply is awaited).
+
+        ``lr``: learning rate used at this step; ``samples``: samples this trainer
+        processed at this step; ``epoch_end``: this step ends an epoch. Only the given
+        fields are sent.
+        """
+        self._check_open()
+        h = _lib.Hints(step=int(step))
+        if lr is not None:
+            h.fields |= _lib.HINT_LR
+            h.lr = float(lr)
+        if samples is not None:
+            h.fields |= _lib.HINT_SAMPLES
+            h.samples = int(samples)
+        if epoch_end:
+            h.fields |= _lib.HINT_EPOCH_END
+            h.epoch_end = 1
+        rc = self._lib.gcomp_hint(self._handle, ctypes.byref(h))
+        if rc != 0:
+            raise self._error(rc, f"sending hints for step {step}")
+
+
+class Bucket:
+    """A registered bucket (created by :meth:`Client.register`).
+
+    ``data``: writable float32 view of this trainer's input region (write the step's
+    gradients here); ``result``: read-only float32 view of the node's result region
+    (the job-wide mean after a successful wait); ``numel``: number of elements;
+    ``layers``: the registered ``(name, shape)`` pairs.
+    """
+
+    def __init__(self, client, handle, name, layers):
+        self._client = client
+        self._handle = handle
+        self.name = name
+        self.layers = layers
+        lib = client._lib
+        self.numel = int(lib.gcomp_bucket_numel(handle))
+        self._step = None  # the step last submitted
+        self._data = self._view(lib.gcomp_bucket_data(handle), writable=True)
+        self._result = self._view(lib.gcomp_bucket_result(handle), writable=False)
+
+    def _view(self, ptr, writable):
+        if self.numel == 0:
+            arr = np.empty(0, dtype=np.float32)
+        else:
+            if not ptr:
+                raise Error(Status.INTERNAL, f"bucket {self.name!r}: the library returned a NULL region")
+            arr = np.ctypeslib.as_array(ptr, shape=(self.numel,))
+        arr.flags.writeable = writable
+        return arr
+
+    def _check_open(self):
+        if self._handle is None:
+            raise Error(Status.INVALID, f"bucket {self.name!r}: the client is closed")
+
+    @property
+    def data(self):
+        """The input region as a writable float32 array (zero copy)."""
+        self._check_open()
+        return self._data
+
+    @property
+    def result(self):
+        """The result region as a read-only float32 array (zero copy)."""
+        self._check_open()
+        return self._result
+
+    def layer_views(self, region="data"):
+        """Return {layer name: array reshaped to the layer's shape} over ``data`` or ``result``."""
+        flat = self.data if region == "data" else self.result
+        views, offset = {}, 0
+        for lname, shape in self.layers:
+            n = math.prod(shape)
+            views[lname] = flat[offset:offset + n].reshape(shape)
+            offset += n
+        return views
+
+    def submit(self, step):
+        """Submit the gradients in ``data`` for ``step`` (asynchronous).
+
+        Steps of a bucket must increase. Raises Error GCOMP_BUSY when the previous step
+        was not waited for.
+        """
+        self._check_open()
+        rc = self._client._lib.gcomp_submit(self._handle, int(step))
+        if rc != 0:
+            raise self._client._error(rc, f"submitting bucket {self.name!r} step {step}")
+        self._step = int(step)
+
+    def wait(self, timeout_ms=-1):
+        """Wait until the submitted step completes; ``timeout_ms < 0`` waits forever.
+
+        Returns when ``result`` holds the mean. Raises Error GCOMP_TIMEOUT when the step
+        is not done in time (it stays in flight: wait again), or another Error when the
+        step failed (then the bucket may be submitted again).
+        """
+        self._check_open()
+        lib = self._client._lib
+        deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000.0
+        while True:
+            if deadline is None:
+                chunk = _WAIT_SLICE_MS
+            else:
+                left_ms = max(0, int(math.ceil((deadline - time.monotonic()) * 1000.0)))
+                chunk = min(_WAIT_SLICE_MS, left_ms)
+            rc = lib.gcomp_wait(self._handle, chunk)
+            if rc == 0:
+                return
+            if rc == Status.TIMEOUT:
+                if deadline is None or time.monotonic() < deadline:
+                    continue
+                # The library's text would name the last slice's timeout, not ours.
+                raise Error(rc, f"bucket {self.name!r} step {self._step}: not complete after "
+                                f"{timeout_ms} ms", f"waiting for bucket {self.name!r}")
+            raise self._client._error(rc, f"waiting for bucket {self.name!r}")
