@@ -99,7 +99,8 @@ int gcomp_connect(const gcomp_options *opts, gcomp_client **out);
 /* Close the connection and unmap every bucket. NULL is a no-op. */
 void gcomp_disconnect(gcomp_client *c);
 
-/* Detailed text of the client's last failure ("" if none). Valid until the next call. */
+/* Detailed text of the client's last failure ("" if none). Valid until the next call.
+   With c == NULL: why this thread's last gcomp_connect() failed. */
 const char *gcomp_last_error(const gcomp_client *c);
 
 /* This trainer's node index and the number of nodes, from the handshake. */

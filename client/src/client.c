@@ -42,6 +42,9 @@ struct gcomp_client {
     uint8_t buf[GW_MAX_MSG];
 };
 
+/* Why the last gcomp_connect() of this thread failed (no client exists to hold it). */
+static _Thread_local char connect_err[1024];
+
 static int set_error(gcomp_client *c, int status, const char *fmt, ...)
 {
     va_list ap;
@@ -213,8 +216,13 @@ int gcomp_connect(const gcomp_options *opts, gcomp_client **out)
         o.local_rank = env_int("GCOMP_LOCAL_RANK", -1);
     if (o.connect_timeout_ms <= 0)
         o.connect_timeout_ms = env_int("GCOMP_CONNECT_TIMEOUT_MS", 30000);
-    if (!out || !o.socket_path || !*o.socket_path || !o.job_id || o.local_rank < 0)
+    if (!out || !o.socket_path || !*o.socket_path || !o.job_id || o.local_rank < 0) {
+        snprintf(connect_err, sizeof(connect_err),
+                 "gcomp_connect: %s missing (set it in gcomp_options or the environment)",
+                 !out ? "output pointer" : !o.socket_path || !*o.socket_path ? "GCOMP_SOCKET"
+                 : !o.job_id ? "GCOMP_JOB_ID" : "GCOMP_LOCAL_RANK");
         return GCOMP_INVALID;
+    }
 
     gcomp_client *c = calloc(1, sizeof(*c));
     if (!c)
@@ -243,15 +251,22 @@ int gcomp_connect(const gcomp_options *opts, gcomp_client **out)
     rc = r->welcome->status;
     c->node = r->welcome->node;
     c->nodes = r->welcome->nodes;
+    if (rc)
+        set_error(c, rc, "%s: %s", o.socket_path, r->welcome->error);
     gcomp__daemon_msg__free_unpacked(r, NULL);
     if (rc)
         goto err_close;
     *out = c;
+    connect_err[0] = '\0';
     return GCOMP_OK;
 
 err_close:
     close(c->fd);
 err_free:
+    if (!c->err[0])
+        snprintf(c->err, sizeof(c->err), "%s: %s", o.socket_path,
+                 rc == GCOMP_TIMEOUT ? "no daemon answered in time" : gcomp_strerror(rc));
+    memcpy(connect_err, c->err, sizeof(connect_err));
     free(c);
     return rc;
 }
@@ -272,7 +287,7 @@ void gcomp_disconnect(gcomp_client *c)
 
 const char *gcomp_last_error(const gcomp_client *c)
 {
-    return c ? c->err : "";
+    return c ? c->err : connect_err;
 }
 
 int gcomp_node(const gcomp_client *c)
@@ -445,16 +460,24 @@ int gcomp_wait(gcomp_bucket *b, int timeout_ms)
     if (!b->in_flight)
         return set_error(c, GCOMP_INVALID, "bucket '%s': nothing submitted to wait for", b->name);
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
-    while (!b->done) {
+    for (int polled = 0; !b->done; polled = 1) {
         int left = deadline < 0 ? -1 : (int)(deadline - now_ms());
-        if (deadline >= 0 && left <= 0)
-            return set_error(c, GCOMP_TIMEOUT, "bucket '%s' step %lld: not complete after %d ms",
-                             b->name, (long long)b->step, timeout_ms);
+        /* Always look at the socket once, so a zero timeout polls. */
+        if (deadline >= 0 && left <= 0) {
+            if (polled)
+                return set_error(c, GCOMP_TIMEOUT, "bucket '%s' step %lld: not complete after %d ms",
+                                 b->name, (long long)b->step, timeout_ms);
+            left = 0;
+        }
         Gcomp__DaemonMsg *m = NULL;
         int fds[GW_MAX_FDS], nfds = 0;
         int rc = recv_one(c, left, &m, fds, &nfds);
-        if (rc == GCOMP_TIMEOUT)
+        if (rc == GCOMP_TIMEOUT) {
+            if (deadline >= 0 && now_ms() >= deadline)
+                return set_error(c, GCOMP_TIMEOUT, "bucket '%s' step %lld: not complete after %d ms",
+                                 b->name, (long long)b->step, timeout_ms);
             continue;
+        }
         if (m) {
             for (int i = 0; i < nfds; i++)
                 close(fds[i]);
