@@ -27,6 +27,9 @@ static const struct gcd_key {
     {"cycle-ms", "5", "longest wait between negotiation cycles when idle"},
     {"seed", "1", "job seed of the shared random generator"},
     {"log-level", "info", "error, warning, info or debug"},
+    {"nonfinite", "fail", "non-finite gradient on a node: 'fail' the step on every node with an"
+                          " error naming the bucket and layer, or 'skip': that node sends zeros"
+                          " for the layer this step (error-feedback state untouched)"},
     {"config", "", "config file of 'key = value' lines with the keys above"},
 };
 #define NKEYS ((int)(sizeof(keys) / sizeof(keys[0])))
@@ -234,6 +237,12 @@ int gcd_config_load(int argc, char **argv, gcd_config *cfg, char *err, size_t er
     if (parse_int("seed", vals[key_index("seed")], 0, INT32_MAX, &x, err, errlen))
         return GCOMP_INVALID;
     cfg->seed = (uint64_t)x;
+    const char *nf = vals[key_index("nonfinite")];
+    if (strcmp(nf, "fail") && strcmp(nf, "skip")) {
+        snprintf(err, errlen, "--nonfinite: '%s' is not fail or skip", nf);
+        return GCOMP_INVALID;
+    }
+    cfg->nonfinite_skip = strcmp(nf, "skip") == 0;
     const char *lv = vals[key_index("log-level")];
     static const char *const levels[] = {"error", "warning", "info", "debug"};
     cfg->log_level = -1;

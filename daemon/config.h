@@ -6,6 +6,7 @@
 #ifndef GCD_CONFIG_H
 #define GCD_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@ typedef struct gcd_config {
     int cycle_ms;         /* longest wait between negotiation cycles when idle */
     uint64_t seed;        /* job seed for shared randomness */
     int log_level;
+    bool nonfinite_skip;  /* non-finite input: skip the layer (else fail the step) */
 } gcd_config;
 
 /* Parse everything; on error writes a message naming the key to err and returns

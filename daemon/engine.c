@@ -41,6 +41,7 @@ typedef struct gcd_engine_bucket {
     eng_layer *layers;
     int64_t ready_step;
     double t_ready, t_sum_ms;
+    int skipped;      /* layers whose non-finite input was skipped this step */
 } gcd_engine_bucket;
 
 /* The policies in force: a new one applies from its step on. */
@@ -209,8 +210,9 @@ static uint32_t sum_scaled(float *restrict out, float *const *in, int T, size_t 
     return bad;
 }
 
-/* Local sum of a ready bucket into its result region. Returns 0, or GCOMP_NONFINITE
-   with err naming the layer. */
+/* Local sum of a ready bucket into its result region. Non-finite input fails the
+   step (GCOMP_NONFINITE, err naming the layer) or, with nonfinite=skip, this node sends
+   zeros for the layers that have it. Either way it never reaches error feedback. */
 static int local_sum(gcd *d, gcd_bucket *b, char *err, size_t errlen)
 {
     double t0 = gcd_now_s();
@@ -219,20 +221,25 @@ static int local_sum(gcd *d, gcd_bucket *b, char *err, size_t errlen)
 #ifdef __SSE__
     _mm_sfence(); /* streamed stores are visible before the exchange reads them */
 #endif
-    b->eng->t_sum_ms = (gcd_now_s() - t0) * 1e3;
-    if (!bad)
-        return GCOMP_OK;
-    for (size_t i = 0; i < b->layout.n; i++) {
+    b->eng->skipped = 0;
+    for (size_t i = 0; bad && i < b->layout.n; i++) {
         const gcd_layer *l = &b->layout.layers[i];
-        for (size_t k = 0; k < l->numel; k++)
-            if (!isfinite(b->res[l->offset + k])) {
-                snprintf(err, errlen, "bucket '%.200s' layer '%.200s': non-finite gradient at element %zu on node %d",
-                         b->name, l->name, k, d->node);
-                return GCOMP_NONFINITE;
-            }
+        float *g = b->res + l->offset;
+        if (!any_nonfinite(g, l->numel))
+            continue;
+        size_t k = 0;
+        while (isfinite(g[k]))
+            k++;
+        snprintf(err, errlen, "bucket '%.200s' layer '%.200s': non-finite gradient (%g at element %zu) on node %d",
+                 b->name, l->name, (double)g[k], k, d->node);
+        if (!d->cfg.nonfinite_skip)
+            return GCOMP_NONFINITE;
+        gcd_log_warn("%s: skipped, this node sends zeros for it", err);
+        memset(g, 0, l->numel * sizeof(float));
+        b->eng->skipped++;
     }
-    snprintf(err, errlen, "bucket '%s': non-finite gradient on node %d", b->name, d->node);
-    return GCOMP_NONFINITE;
+    b->eng->t_sum_ms = (gcd_now_s() - t0) * 1e3;
+    return GCOMP_OK;
 }
 
 static gp_instance *policy_at(engine *e, int64_t step)
@@ -514,34 +521,51 @@ static int exchange_compressed(engine *e, gcd_bucket *b, int64_t step, size_t *p
     return rc;
 }
 
-/* Append the stats line of a finished step to the file and the totals. */
+/* Append the stats line of a finished step to the file and the totals; keep the
+   step's per-layer record (JSON and text) for gcompctl stats. */
 static void record(engine *e, gcd_bucket *b, int64_t step, size_t payload, double t_wait_ms,
                    double t_xchg_ms, double t_total_ms, int status)
 {
     gcd *d = e->d;
     gcd_engine_bucket *eb = b->eng;
-    if (d->stats.file && status == 0) {
-        FILE *f = d->stats.file;
+    char *json = NULL, *text = NULL;
+    size_t jlen = 0, tlen = 0;
+    if (status == 0) {
+        FILE *f = open_memstream(&json, &jlen), *t = open_memstream(&text, &tlen);
         char name[2 * GCOMP_MAX_NAME + 8];
-        gcd_json_str(name, sizeof(name), b->name);
-        fprintf(f, "{\"step\":%lld,\"bucket\":%s,\"node\":%d,\"nodes\":%d,\"trainers\":%d,"
-                   "\"dense_bytes\":%zu,\"payload_bytes\":%zu,\"t_sum_ms\":%.4f,\"t_wait_ms\":%.4f,"
-                   "\"t_exchange_ms\":%.4f,\"t_total_ms\":%.4f,\"policy\":",
-                (long long)step, name, d->node, d->nodes, d->total_trainers,
-                b->layout.numel * sizeof(float), payload, eb->t_sum_ms, t_wait_ms, t_xchg_ms,
-                t_total_ms);
-        gcd_json_str(name, sizeof(name), policy_at(e, step)->spec);
-        fprintf(f, "%s,\"layers\":[", name);
-        for (size_t i = 0; i < b->layout.n; i++) {
-            const eng_layer *l = &eb->layers[i];
-            char spec[512] = "\"codec\":\"none\"";
-            if (l->compressed)
-                gk_spec_json(&l->spec, spec, sizeof(spec));
-            gcd_json_str(name, sizeof(name), b->layout.layers[i].name);
-            fprintf(f, "%s{\"name\":%s,\"numel\":%zu,%s,\"payload_bytes\":%zu}", i ? "," : "",
-                    name, l->geom.numel, spec, l->payload);
+        if (f && t) {
+            gcd_json_str(name, sizeof(name), b->name);
+            fprintf(f, "{\"step\":%lld,\"bucket\":%s,\"node\":%d,\"nodes\":%d,\"trainers\":%d,"
+                       "\"dense_bytes\":%zu,\"payload_bytes\":%zu,\"t_sum_ms\":%.4f,\"t_wait_ms\":%.4f,"
+                       "\"t_exchange_ms\":%.4f,\"t_total_ms\":%.4f,\"nonfinite_skipped\":%d,"
+                       "\"policy\":",
+                    (long long)step, name, d->node, d->nodes, d->total_trainers,
+                    b->layout.numel * sizeof(float), payload, eb->t_sum_ms, t_wait_ms, t_xchg_ms,
+                    t_total_ms, eb->skipped);
+            gcd_json_str(name, sizeof(name), policy_at(e, step)->spec);
+            fprintf(f, "%s,\"layers\":[", name);
+            fprintf(t, "%s step %lld:\n", b->name, (long long)step);
+            for (size_t i = 0; i < b->layout.n; i++) {
+                const eng_layer *l = &eb->layers[i];
+                char spec[512] = "\"codec\":\"none\"", plain[512] = "none";
+                if (l->compressed) {
+                    gk_spec_json(&l->spec, spec, sizeof(spec));
+                    gk_spec_format(&l->spec, plain, sizeof(plain));
+                }
+                gcd_json_str(name, sizeof(name), b->layout.layers[i].name);
+                fprintf(f, "%s{\"name\":%s,\"numel\":%zu,%s,\"payload_bytes\":%zu}",
+                        i ? "," : "", name, l->geom.numel, spec, l->payload);
+                fprintf(t, "  %-32.32s %10zu elements %12zu bytes  %s\n",
+                        b->layout.layers[i].name, l->geom.numel, l->payload, plain);
+            }
+            fprintf(f, "]}");
         }
-        fprintf(f, "]}\n");
+        if (f)
+            fclose(f);
+        if (t)
+            fclose(t);
+        if (json && d->stats.file)
+            fprintf(d->stats.file, "%s\n", json);
     }
     pthread_mutex_lock(&d->mu);
     gcd_stats_bucket *sb = gcd_stats_bucket_get(&d->stats, b->name);
@@ -557,11 +581,21 @@ static void record(engine *e, gcd_bucket *b, int64_t step, size_t payload, doubl
             sb->t_wait_ms += t_wait_ms;
             sb->t_exchange_ms += t_xchg_ms;
             sb->t_total_ms += t_total_ms;
+            if (json && text) {
+                free(sb->last_json);
+                free(sb->last_text);
+                sb->last_json = json;
+                sb->last_text = text;
+                json = text = NULL;
+            }
         }
     }
     if (status == GCOMP_NONFINITE)
         d->stats.nonfinite++;
+    d->stats.nonfinite_skipped += (uint64_t)eb->skipped;
     pthread_mutex_unlock(&d->mu);
+    free(json);
+    free(text);
 }
 
 /* Run one agreed bucket step and hand the result to the trainers. */

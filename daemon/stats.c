@@ -29,6 +29,10 @@ void gcd_stats_close(gcd_stats *s)
 {
     if (s->file)
         fclose(s->file);
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->b[i].last_json);
+        free(s->b[i].last_text);
+    }
     free(s->b);
     memset(s, 0, sizeof(*s));
 }
@@ -93,7 +97,8 @@ void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len)
             n += (size_t)snprintf(out + n, len - n, __VA_ARGS__);        \
     } while (0)
     if (json)
-        ADD("{\"nonfinite_steps\":%llu,\"buckets\":[", (unsigned long long)s->nonfinite);
+        ADD("{\"nonfinite_steps\":%llu,\"nonfinite_skipped_layers\":%llu,\"buckets\":[",
+            (unsigned long long)s->nonfinite, (unsigned long long)s->nonfinite_skipped);
     else
         ADD("%-24s %8s %6s %14s %14s %7s %9s %9s %9s\n", "bucket", "steps", "failed",
             "dense_bytes", "payload_bytes", "ratio", "sum_ms", "xchg_ms", "total_ms");
@@ -107,11 +112,11 @@ void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len)
             ADD("%s{\"bucket\":%s,\"steps\":%llu,\"failed\":%llu,\"last_step\":%lld,"
                 "\"dense_bytes\":%llu,\"payload_bytes\":%llu,\"ratio\":%.4f,"
                 "\"mean_sum_ms\":%.4f,\"mean_wait_ms\":%.4f,\"mean_exchange_ms\":%.4f,"
-                "\"mean_total_ms\":%.4f}",
+                "\"mean_total_ms\":%.4f,\"last\":%s}",
                 i ? "," : "", name, (unsigned long long)b->steps, (unsigned long long)b->failed,
                 (long long)b->last_step, (unsigned long long)b->dense_bytes,
                 (unsigned long long)b->payload_bytes, ratio, b->t_sum_ms * k, b->t_wait_ms * k,
-                b->t_exchange_ms * k, b->t_total_ms * k);
+                b->t_exchange_ms * k, b->t_total_ms * k, b->last_json ? b->last_json : "null");
         } else {
             ADD("%-24.24s %8llu %6llu %14llu %14llu %7.2f %9.3f %9.3f %9.3f\n", b->name,
                 (unsigned long long)b->steps, (unsigned long long)b->failed,
@@ -119,9 +124,14 @@ void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len)
                 b->t_sum_ms * k, b->t_exchange_ms * k, b->t_total_ms * k);
         }
     }
-    if (json)
+    if (json) {
         ADD("]}");
-    else
-        ADD("non-finite steps refused: %llu\n", (unsigned long long)s->nonfinite);
+    } else {
+        for (size_t i = 0; i < s->n; i++)
+            if (s->b[i].last_text)
+                ADD("\n%s", s->b[i].last_text);
+        ADD("\nnon-finite input: %llu steps failed, %llu layers skipped\n",
+            (unsigned long long)s->nonfinite, (unsigned long long)s->nonfinite_skipped);
+    }
 #undef ADD
 }

@@ -17,13 +17,16 @@ typedef struct gcd_stats_bucket {
     uint64_t dense_bytes, payload_bytes;
     double t_sum_ms, t_wait_ms, t_exchange_ms, t_total_ms; /* sums over steps */
     int64_t last_step;
+    char *last_json;   /* the last step's record (the stats file's line), or NULL */
+    char *last_text;   /* the same, per layer, for people */
 } gcd_stats_bucket;
 
 typedef struct gcd_stats {
     FILE *file;               /* JSON lines; NULL when not asked for */
     gcd_stats_bucket *b;      /* totals, under gcd.mu */
     size_t n, cap;
-    uint64_t nonfinite;       /* steps refused for non-finite input */
+    uint64_t nonfinite;       /* steps failed for non-finite input */
+    uint64_t nonfinite_skipped; /* layers skipped for non-finite input (nonfinite=skip) */
 } gcd_stats;
 
 /* Open the stats file for this node if the template asks for one ("{node}" replaced;

@@ -63,6 +63,9 @@ def _parser():
     p.add_argument("--seed", type=int, help="daemon random seed")
     p.add_argument("--wait-timeout-ms", type=int, default=120000, metavar="MS",
                    help="how long a worker waits for one bucket (default 120000)")
+    p.add_argument("--per-worker", action="store_true",
+                   help="every worker also writes what it received to OUT/w{worker}/s{step}/"
+                        "{bucket}.npy (to check that every node got the same result)")
     p.add_argument("-v", "--verbose", action="store_true", help="print the commands run")
     return p
 
@@ -92,7 +95,8 @@ def main(argv=None, tools=None):
     tools = tools or launch.default_tools()
     command = [tools.python, "-m", "gcomp.replay", "--worker", os.path.abspath(args.trace),
                "--out", os.path.abspath(args.out),
-               "--wait-timeout-ms", str(args.wait_timeout_ms)]
+               "--wait-timeout-ms", str(args.wait_timeout_ms)] + \
+              (["--per-worker"] if args.per_worker else [])
     job = launch.Job(command=command, trainers=trainers, codec=args.codec,
                      policy=args.policy, stats_file=stats, timeout_ms=args.timeout_ms,
                      seed=args.seed, verbose=args.verbose)
@@ -113,10 +117,11 @@ def worker_main(argv):
     p.add_argument("trace")
     p.add_argument("--out", required=True)
     p.add_argument("--wait-timeout-ms", type=int, default=120000)
+    p.add_argument("--per-worker", action="store_true")
     args = p.parse_args(argv)
     worker = int(os.environ.get("GCOMP_RANK", "-1"))
     try:
-        run_worker(args.trace, args.out, worker, args.wait_timeout_ms)
+        run_worker(args.trace, args.out, worker, args.wait_timeout_ms, args.per_worker)
     except (trace.TraceError, OSError, ValueError) as exc:
         print(f"gcomp-replay worker {worker}: {exc}", file=sys.stderr)
         return 1
@@ -126,8 +131,9 @@ def worker_main(argv):
     return 0
 
 
-def run_worker(trace_dir, out, worker, wait_timeout_ms):
-    """Replay every step of one worker; worker 0 also writes the results."""
+def run_worker(trace_dir, out, worker, wait_timeout_ms, per_worker=False):
+    """Replay every step of one worker; worker 0 writes the results (every worker
+    writes its own too with per_worker)."""
     from .client import Client  # needs the library: only the workers load it
 
     tr = trace.load(trace_dir)
@@ -146,6 +152,10 @@ def run_worker(trace_dir, out, worker, wait_timeout_ms):
                 bucket.wait(wait_timeout_ms)
                 if worker == 0:
                     np.save(os.path.join(out, f"s{step}", f"{spec.name}.npy"), bucket.result)
+                if per_worker:
+                    mine = os.path.join(out, f"w{worker}", f"s{step}")
+                    os.makedirs(mine, exist_ok=True)
+                    np.save(os.path.join(mine, f"{spec.name}.npy"), bucket.result)
 
 
 if __name__ == "__main__":
