@@ -333,8 +333,10 @@ static int exchange_dense(engine *e, gcd_bucket *b, int ncompressed, size_t *pay
     return GCOMP_OK;
 }
 
-/* Segments start 8-byte aligned; the padding travels and is counted. */
+/* Allgather segments start 8-byte aligned (the padding travels and counts in the
+   bucket's payload); allreduce segments are packed arrays of their element type. */
 #define ALIGN8(x) (((x) + 7) & ~(size_t)7)
+#define SEGMENT(gather, bytes) ((gather) ? ALIGN8(bytes) : (bytes))
 
 static size_t coll_elem(gk_coll c)
 {
@@ -359,7 +361,7 @@ static int run_phase(engine *e, gcd_bucket *b, int64_t step, const size_t *idx, 
     bool gather = coll == GK_COLL_ALLGATHER;
     size_t head = gather ? ALIGN8(n * sizeof(uint32_t)) : 0, total = head;
     for (size_t j = 0; j < n; j++)
-        total += ALIGN8(c->max_bytes(spec, &eb->layers[idx[j]].geom, phase));
+        total += SEGMENT(gather, c->max_bytes(spec, &eb->layers[idx[j]].geom, phase));
     uint8_t *send = scratch(&e->buf, &e->bufcap, total ? total : 1);
     if (!send)
         return GCOMP_NOMEM;
@@ -382,11 +384,10 @@ static int run_phase(engine *e, gcd_bucket *b, int64_t step, const size_t *idx, 
         if (gather) {
             uint32_t sz = (uint32_t)bytes;
             memcpy(send + j * sizeof(uint32_t), &sz, sizeof(sz));
+            memset(send + off + bytes, 0, SEGMENT(gather, bytes) - bytes);
         }
-        memset(send + off + bytes, 0, ALIGN8(bytes) - bytes);
-        bytes = ALIGN8(bytes);
-        l->payload += bytes;
-        off += bytes;
+        l->payload += bytes; /* the layer's own bytes; padding counts for the bucket */
+        off += SEGMENT(gather, bytes);
     }
     if (gather)
         memset(send + n * sizeof(uint32_t), 0, head - n * sizeof(uint32_t));
@@ -406,7 +407,7 @@ static int run_phase(engine *e, gcd_bucket *b, int64_t step, const size_t *idx, 
             const void *recv = send + at;
             rc = impl->decode(&call, l->x, &recv, &bytes, 1,
                               b->res + b->layout.layers[idx[j]].offset);
-            at += ALIGN8(bytes);
+            at += bytes;
         }
         return rc;
     }

@@ -22,8 +22,9 @@
  *      GK_COLL_ALLGATHER: segments are opaque bytes of any size <= max_bytes; decode()
  *        gets nrecv = W, recv[w] and bytes[w] = exactly the bytes node w's encode()
  *        wrote (so a payload needs no count header of its own).
- *    then calls decode() for each layer. Every segment, sent or received, starts at an
- *    8-byte aligned address.
+ *    then calls decode() for each layer. Allgather segments, sent or received, start
+ *    at 8-byte aligned addresses; allreduce segments are packed one after the other,
+ *    aligned to their element size (4 or 2 bytes).
  *  - Between steps the engine changes x only by adding g (or, with ef = 0, by zeroing
  *    it after the step). When a layer's spec changes to another codec, or the layer
  *    stops being compressed, x is zeroed and the state freed and made anew.

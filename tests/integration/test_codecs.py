@@ -195,3 +195,44 @@ def test_nonfinite_fails_or_skips(build, tmp_path):
     # ... and the other steps are whole again.
     mean = (grads[0][2]["b0"][sl] + grads[1][2]["b0"][sl]) / 2
     np.testing.assert_allclose(load(out, 2, "b0")[sl], mean, rtol=1e-5)
+
+
+def cifar_resnet18():
+    """ResNet-18 for CIFAR-10 (11,173,962 parameters), the network of algorithms.md 2.2."""
+    layers = [("conv1.weight", (64, 3, 3, 3)), ("bn1.weight", (64,)), ("bn1.bias", (64,))]
+    cin = 64
+    for stage, cout in enumerate((64, 128, 256, 512), 1):
+        for blk in range(2):
+            p = f"layer{stage}.{blk}"
+            layers += [(f"{p}.conv1.weight", (cout, cin, 3, 3)), (f"{p}.bn1.weight", (cout,)),
+                       (f"{p}.bn1.bias", (cout,)), (f"{p}.conv2.weight", (cout, cout, 3, 3)),
+                       (f"{p}.bn2.weight", (cout,)), (f"{p}.bn2.bias", (cout,))]
+            if blk == 0 and cin != cout:
+                layers += [(f"{p}.shortcut.0.weight", (cout, cin, 1, 1)),
+                           (f"{p}.shortcut.1.weight", (cout,)), (f"{p}.shortcut.1.bias", (cout,))]
+            cin = cout
+    return layers + [("linear.weight", (10, 512)), ("linear.bias", (10,))]
+
+
+def test_powersgd_floats_per_step_match_the_paper(build, tmp_path):
+    # algorithms.md 2.2: floats per step on CIFAR ResNet-18, 1-D layers dense, rule
+    # (n + m) r min_compression_rate < n m. Rank 7's 263,885 counts the 10x512 classifier
+    # as compressed, which holds at min_compression_rate=1; at the default 2 it goes dense.
+    layers = {"all": cifar_resnet18()}
+    total = sum(numel(s) for _, s in layers["all"])
+    assert total == 11173962
+    rng = np.random.default_rng(0)
+    grads = [[{"all": rng.standard_normal(total).astype(np.float32)}] for _ in range(2)]
+    trace = write_trace(str(tmp_path / "trace"), grads, layers)
+    expect = {"powersgd:rank=1": 45935, "powersgd:rank=2": 82260, "powersgd:rank=4": 154910,
+              "powersgd:rank=7,min_compression_rate=1": 263885,
+              "powersgd:rank=7": 263885 - 3654 + 5120}
+    for codec, floats in expect.items():
+        out = tmp_path / codec.replace(":", "_")
+        r = replay(build, trace, out, "--nodes", "2", "--codec", codec)
+        assert r.returncode == 0, r.stderr[-2000:]
+        (rec,) = stats(out)
+        assert sum(l["payload_bytes"] for l in rec["layers"]) == 4 * floats, codec
+        assert rec["payload_bytes"] == 4 * floats, codec  # allreduce segments are packed
+        assert round(total / floats, 1) == {45935: 243.3, 82260: 135.8, 154910: 72.1,
+                                            263885: 42.3}.get(floats, round(total / floats, 1))
