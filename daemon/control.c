@@ -95,7 +95,7 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
         }
         char err[1024];
         gp_instance *p;
-        if (gp_instance_create(args[0], &p, err, sizeof(err))) {
+        if (gp_instance_create(args[0], NULL, &p, err, sizeof(err))) {
             snprintf(out, len, "%s", err);
             return GCOMP_INVALID;
         }

@@ -58,6 +58,7 @@ typedef struct ctl_wait {
 
 typedef struct engine {
     gcd *d;
+    gp_env env;       /* what policies are made with */
     gcd_coord *coord; /* node 0 only */
     policy_slot pol[MAX_POLICIES];
     int npol;
@@ -264,9 +265,11 @@ static int decide_layers(engine *e, gcd_bucket *b, int64_t step, int *ncompresse
     *ncompressed = 0;
     for (size_t i = 0; i < b->layout.n; i++) {
         eng_layer *l = &eb->layers[i];
-        gp_layer pl = {.bucket = b->name, .name = b->layout.layers[i].name, .geom = l->geom};
+        gp_layer pl = {.bucket = b->name, .name = b->layout.layers[i].name, .index = (int)i,
+                       .geom = l->geom};
         gk_spec s;
-        int rc = p->policy->decide(p->state, &pl, step, &s);
+        char why[256] = "";
+        int rc = p->policy->decide(p->state, &pl, step, &s, why, sizeof(why));
         if (rc)
             return rc;
         const gk_codec *c = s.codec;
@@ -813,7 +816,7 @@ static int apply_policy(engine *e, const Gcomp__Decision *dec)
     e->epoch = dec->policy_epoch;
     char err[1024], text[1200];
     gp_instance *p = NULL;
-    int rc = gp_instance_create(dec->policy_spec, &p, err, sizeof(err));
+    int rc = gp_instance_create(dec->policy_spec, &e->env, &p, err, sizeof(err));
     if (rc) {
         /* Validated where it was asked; every node fails alike, so keep the old one. */
         snprintf(text, sizeof(text), "policy not switched: %s", err);
@@ -945,7 +948,8 @@ int gcd_engine_run(gcd *d)
     engine e = {.d = d};
     char err[1024];
     gp_instance *p0;
-    if (gp_instance_create(d->cfg.policy, &p0, err, sizeof(err))) {
+    e.env = (gp_env){.nodes = d->nodes, .trainers = d->total_trainers, .seed = d->cfg.seed};
+    if (gp_instance_create(d->cfg.policy, &e.env, &p0, err, sizeof(err))) {
         gcd_log_error("%s", err);
         return GCOMP_INVALID;
     }

@@ -52,7 +52,7 @@ int main(int argc, char **argv)
         return 2;
     }
     gp_instance *check;
-    if (gp_instance_create(d.cfg.policy, &check, err, sizeof(err))) {
+    if (gp_instance_create(d.cfg.policy, NULL, &check, err, sizeof(err))) {
         fprintf(stderr, "gcompd: %s\n", err);
         return 2;
     }

@@ -165,6 +165,15 @@ int gk_spec_json(const gk_spec *spec, char *buf, size_t len);
 /* Value of a codec parameter by key; NAN if the codec has no such key. */
 double gk_spec_get(const gk_spec *spec, const char *key);
 
+/*
+ * Compress and reconstruct one layer locally as the only node (W = 1) with a fresh
+ * state: out gets what the codec gives back for `in`, *bytes (if not NULL) what it
+ * would send over all phases. For policies (compression gain, codec timing). Returns 0
+ * or a negative gcomp status.
+ */
+int gk_codec_roundtrip(const gk_spec *spec, const gk_layer *layer, const float *in, float *out,
+                       uint64_t seed, uint64_t step, size_t *bytes);
+
 /* The implementation the engine runs: cpu when present, else ref. */
 static inline const gk_codec_impl *gk_codec_impl_of(const gk_codec *c)
 {

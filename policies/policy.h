@@ -1,19 +1,30 @@
 /*
  * policy.h: the policy interface. A policy decides, per layer and step, which codec
  * spec the layer uses. The registry (policies/registry.c) lists every policy in one
- * array. Policies run on the engine thread of every node and see only statistics that
- * are identical on every node, so every node decides the same.
+ * array. Policies run on the engine thread of every node. Every node must decide the
+ * same, so a policy may only use what is identical on every node: its arguments, the
+ * steps and the statistics the engine hands to observe() (averaged over the nodes).
  *
- * Specs: "NAME[:key=value,...]". For policies with a `codec` key, any key that is not
- * the policy's own is part of the codec spec: "static:codec=maxmin:bits=4,bucket=512,
+ * Per bucket step the engine calls, in this order (the same order on every node):
+ *  1. decide() for every layer: the spec of this step (and why, for the decision log);
+ *  2. collect() for every layer, on each node's own data: nstats numbers per layer;
+ *  3. the exchange; then the engine averages the collected numbers over the nodes;
+ *  4. observe() with those averages, the bucket step's timing and the trainers' hints.
+ * So a decision made in observe() of step s applies from the next decide() on, which
+ * is the same bucket step on every node.
+ *
+ * Specs: "NAME[:key=value,...]". A key that is not the policy's own continues the
+ * spec-valued key before it (codec, override...): "static:codec=maxmin:bits=4,bucket=512,
  * start_iter=10" gives codec "maxmin:bits=4,bucket=512" and start_iter 10. A bare codec
  * spec ("topk:density=0.01") is shorthand for "static:codec=topk:density=0.01".
  */
 #ifndef GP_POLICY_H
 #define GP_POLICY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "codec.h"
 
@@ -21,27 +32,96 @@
 typedef struct gp_layer {
     const char *bucket;
     const char *name;
-    gk_layer geom;
+    int index;        /* position in its bucket */
+    gk_layer geom;    /* geom.id is stable across nodes and steps */
 } gp_layer;
 
 /* The policy's own keys and their values, as parsed from the spec. */
+#define GP_MAX_ARGS 16
 typedef struct gp_args {
     int n;
-    const char *keys[16];
-    const char *vals[16];
+    const char *keys[GP_MAX_ARGS];
+    const char *vals[GP_MAX_ARGS];
 } gp_args;
+
+/* The trainers' latest hints (GCOMP_HINT_*), summed or taken over all trainers of the
+   job; a field is valid when its has_ flag is set. */
+typedef struct gp_hints {
+    bool has_lr, has_samples;
+    double lr;          /* learning rate of the latest step */
+    int64_t samples;    /* samples per step, all trainers of the job */
+    int64_t epochs;     /* epoch ends seen */
+    int64_t step;       /* step of the latest hint */
+} gp_hints;
+
+/* One finished bucket step, identical on every node. */
+typedef struct gp_step_info {
+    int64_t step;
+    const char *bucket;
+    int nlayers;
+    const gp_layer *layers;    /* [nlayers] */
+    const gk_spec *specs;      /* [nlayers]: the spec each layer used */
+    const bool *compressed;    /* [nlayers]: whether it was compressed (engine rule) */
+    const double *payload;     /* [nlayers]: payload bytes per layer, averaged over nodes */
+    const double *stats;       /* [nlayers * nstats]: collect() averaged over the nodes */
+    double step_ms;            /* time between this step and the previous step of the
+                                  bucket (the training iteration), averaged over nodes */
+    double exchange_ms;        /* time of the bucket's encode + exchange + decode */
+    int nodes;
+    const gp_hints *hints;
+} gp_step_info;
+
+/* The job, and constants the engine measured at start-up on the real transport
+   (identical on every node), for policies that model time (perfmodel). */
+typedef struct gp_env {
+    int nodes;
+    int trainers;        /* in the job */
+    uint64_t seed;
+    double alpha_ms;     /* latency: a 4-byte allreduce's time / (nodes - 1); 0 on 1 node */
+    double bw_bytes_ms;  /* bandwidth: from a 16 MiB allreduce, 2 b (p-1) / (p t); 0 on 1 node */
+} gp_env;
+
+/* Batch-size advice for the trainers (Accordion): 0 = no advice. */
+typedef struct gp_advice {
+    int64_t batch_size;  /* the batch size to use from now on */
+    double lr_scale;     /* scale the learning rate by this (the batch size's ratio) */
+    int64_t step;        /* decided at this step */
+} gp_advice;
 
 typedef struct gp_policy {
     const char *name;            /* never NULL */
     const char *summary;         /* never NULL */
     const char *const *keys;     /* the policy's own keys, NULL-terminated; never NULL */
-    /* Make the policy's state from its arguments (keys are among `keys`). On error write
-       a message naming the key to err. Never NULL. */
-    int (*create)(const gp_args *args, void **state, char *err, size_t errlen);
+    const char *const *spec_keys;/* those of them whose value is a codec spec (continued
+                                    by later non-policy keys), NULL-terminated; may be NULL */
+    int nstats;                  /* numbers collect() writes per layer; 0 if none */
+    /* Make the policy's state from its arguments (keys are among `keys`). On error
+       write a message naming the key to err. Never NULL. */
+    int (*create)(const gp_args *args, const gp_env *env, void **state, char *err,
+                  size_t errlen);
     /* Free the state; NULL is a no-op. Never NULL. */
     void (*destroy)(void *state);
-    /* The spec the layer uses at `step`. Never NULL. */
-    int (*decide)(void *state, const gp_layer *layer, int64_t step, gk_spec *out);
+    /* The spec the layer uses at `step`; when it differs from the layer's previous one,
+       write one line to why (the engine logs old, new and why). Never NULL. */
+    int (*decide)(void *state, const gp_layer *layer, int64_t step, gk_spec *out, char *why,
+                  size_t whylen);
+    /* This node's numbers for a layer: g is the node's gradient of the step (its mean
+       over the node's trainers), x the error-feedback-corrected input of the codec (x ==
+       g for layers sent dense). stats has nstats slots. May be NULL (nstats == 0). */
+    int (*collect)(void *state, const gp_layer *layer, int64_t step, const float *g,
+                   const float *x, double *stats);
+    /* A bucket step finished (statistics averaged over the nodes). May be NULL. */
+    int (*observe)(void *state, const gp_step_info *info);
+    /* Checkpoint the state to f / restore it from f (same policy and arguments). NULL:
+       the policy has no state worth keeping. */
+    int (*save)(void *state, FILE *f);
+    int (*load)(void *state, FILE *f);
+    /* The current batch-size advice. May be NULL (never advises). */
+    int (*advice)(void *state, gp_advice *out);
+    /* Answer a gcompctl query (e.g. "whatif --nodes 8 --bandwidth 10gbit") into out,
+       human text or JSON. May be NULL (answers none: GCOMP_NOT_FOUND). */
+    int (*query)(void *state, int argc, const char *const *argv, int json, char *out,
+                 size_t len);
 } gp_policy;
 
 extern const gp_policy *const gp_policies[];
@@ -54,9 +134,20 @@ typedef struct gp_instance {
     char spec[512]; /* the spec as given */
 } gp_instance;
 
-/* Parse a spec and make the policy. Errors list the valid policies, codecs or keys. */
-int gp_instance_create(const char *spec, gp_instance **out, char *err, size_t errlen);
+/* Parse a spec and make the policy. Errors list the valid policies, codecs or keys.
+   env may be NULL (validation only: nodes = trainers = 1). */
+int gp_instance_create(const char *spec, const gp_env *env, gp_instance **out, char *err,
+                       size_t errlen);
 /* NULL is a no-op. */
 void gp_instance_destroy(gp_instance *p);
+
+/* Helpers for policies: parse a key's value or fail with a message naming it. */
+int gp_arg_double(const char *policy, const char *key, const char *val, double min, double max,
+                  double *out, char *err, size_t errlen);
+int gp_arg_long(const char *policy, const char *key, const char *val, long min, long max,
+                long *out, char *err, size_t errlen);
+/* The spec with one parameter changed (e.g. "rank" to 2); GCOMP_INVALID if the codec
+   has no such key or the value is out of its range. */
+int gp_spec_with(const gk_spec *in, const char *key, double value, gk_spec *out);
 
 #endif

@@ -1,6 +1,9 @@
 /*
- * registry.c: every policy gcomp knows, in one array, and spec parsing.
+ * registry.c: every policy gcomp knows, in one array, spec parsing, and the small
+ * helpers policies share.
  */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,9 +12,17 @@
 #include "policy.h"
 
 extern const gp_policy gp_policy_static;
+/* Accordion and AdaQS. */
+/* GraVAC. */
+/* L-GreCo. */
+/* Performance model. */
 
 const gp_policy *const gp_policies[] = {
     &gp_policy_static,
+    /* Accordion and AdaQS. */
+    /* GraVAC. */
+    /* L-GreCo. */
+    /* Performance model. */
 };
 
 const int gp_npolicies = sizeof(gp_policies) / sizeof(gp_policies[0]);
@@ -24,17 +35,27 @@ static const gp_policy *find_policy(const char *name)
     return NULL;
 }
 
-static int is_key(const gp_policy *p, const char *key)
+static int in_list(const char *const *list, const char *key)
 {
-    for (const char *const *k = p->keys; *k; k++)
-        if (strcmp(*k, key) == 0)
+    for (; list && *list; list++)
+        if (strcmp(*list, key) == 0)
             return 1;
     return 0;
 }
 
-int gp_instance_create(const char *spec, gp_instance **out, char *err, size_t errlen)
+/* Append ",tok" (or ":tok" when the codec spec has no parameters yet) to a spec value. */
+static int continue_spec(char *val, size_t size, const char *tok)
 {
-    char buf[512], codec[512] = "";
+    const char *spec = strrchr(val, '@') ? strrchr(val, '@') + 1 : val;
+    size_t n = strlen(val);
+    return snprintf(val + n, size - n, "%s%s", strchr(spec, ':') ? "," : ":", tok) >= (int)(size - n);
+}
+
+int gp_instance_create(const char *spec, const gp_env *env, gp_instance **out, char *err,
+                       size_t errlen)
+{
+    static const gp_env one = {.nodes = 1, .trainers = 1, .seed = 1};
+    char buf[512], store[GP_MAX_ARGS][512];
     if (!spec || strlen(spec) >= sizeof(buf)) {
         snprintf(err, errlen, "policy spec missing or longer than %zu bytes", sizeof(buf) - 1);
         return GCOMP_INVALID;
@@ -44,12 +65,15 @@ int gp_instance_create(const char *spec, gp_instance **out, char *err, size_t er
     if (args)
         *args++ = '\0';
     const gp_policy *p = find_policy(buf);
+    gp_args a = {0};
     if (!p && gk_codec_find(buf)) {
         /* A bare codec spec: static with that codec. */
-        snprintf(buf, sizeof(buf), "static");
-        snprintf(codec, sizeof(codec), "%s", spec);
-        args = NULL;
         p = find_policy("static");
+        snprintf(store[0], sizeof(store[0]), "%s", spec);
+        a.keys[0] = "codec";
+        a.vals[0] = store[0];
+        a.n = 1;
+        args = NULL;
     }
     if (!p) {
         size_t n = (size_t)snprintf(err, errlen, "unknown policy '%s'; valid policies: ", buf);
@@ -59,47 +83,38 @@ int gp_instance_create(const char *spec, gp_instance **out, char *err, size_t er
             snprintf(err + n, errlen - n, "or a codec spec (codecs: see gcompd --help)");
         return GCOMP_INVALID;
     }
-    gp_args a = {0};
-    int has_codec = is_key(p, "codec");
-    if (codec[0]) {
-        a.keys[a.n] = "codec";
-        a.vals[a.n++] = codec;
-    }
+    int last_spec = -1;
     char *save = NULL;
     for (char *tok = args ? strtok_r(args, ",", &save) : NULL; tok;
          tok = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(tok, '=');
-        if (eq)
-            *eq = '\0';
-        if (eq && is_key(p, tok)) {
-            if (a.n == 16) {
-                snprintf(err, errlen, "policy '%s': too many keys", p->name);
+        size_t klen = eq ? (size_t)(eq - tok) : strlen(tok);
+        char key[64];
+        snprintf(key, sizeof(key), "%.*s", (int)(klen < sizeof(key) ? klen : sizeof(key) - 1), tok);
+        if (eq && in_list(p->keys, key)) {
+            if (a.n == GP_MAX_ARGS) {
+                snprintf(err, errlen, "policy '%s': more than %d keys", p->name, GP_MAX_ARGS);
                 return GCOMP_INVALID;
             }
-            if (strcmp(tok, "codec") == 0) {
-                snprintf(codec, sizeof(codec), "%s", eq + 1);
-                a.keys[a.n] = "codec";
-                a.vals[a.n++] = codec;
-            } else {
-                a.keys[a.n] = tok;
-                a.vals[a.n++] = eq + 1;
-            }
+            snprintf(store[a.n], sizeof(store[a.n]), "%s", eq + 1);
+            a.vals[a.n] = store[a.n];
+            last_spec = in_list(p->spec_keys, key) ? a.n : -1;
+            /* Point the key at the policy's own table: it outlives this function. */
+            for (const char *const *k = p->keys; *k; k++)
+                if (strcmp(*k, key) == 0)
+                    a.keys[a.n] = *k;
+            a.n++;
             continue;
         }
-        if (eq)
-            *eq = '=';
-        if (has_codec && codec[0]) {
-            /* Not a policy key: it continues the codec spec. */
-            size_t n = strlen(codec);
-            if (snprintf(codec + n, sizeof(codec) - n, "%s%s", strchr(codec, ':') ? "," : ":",
-                         tok) >= (int)(sizeof(codec) - n)) {
-                snprintf(err, errlen, "policy '%s': codec spec too long", p->name);
+        if (last_spec >= 0) {
+            if (continue_spec(store[last_spec], sizeof(store[last_spec]), tok)) {
+                snprintf(err, errlen, "policy '%s': %s spec too long", p->name, a.keys[last_spec]);
                 return GCOMP_INVALID;
             }
             continue;
         }
-        size_t n = (size_t)snprintf(err, errlen, "policy '%s' has no key '%.*s'; valid keys: ",
-                                    p->name, (int)strcspn(tok, "="), tok);
+        size_t n = (size_t)snprintf(err, errlen, "policy '%s' has no key '%s'; valid keys: ",
+                                    p->name, key);
         for (const char *const *k = p->keys; *k && n < errlen; k++)
             n += (size_t)snprintf(err + n, errlen - n, "%s%s", k == p->keys ? "" : ", ", *k);
         return GCOMP_INVALID;
@@ -107,7 +122,7 @@ int gp_instance_create(const char *spec, gp_instance **out, char *err, size_t er
     gp_instance *inst = calloc(1, sizeof(*inst));
     if (!inst)
         return GCOMP_NOMEM;
-    int rc = p->create(&a, &inst->state, err, errlen);
+    int rc = p->create(&a, env ? env : &one, &inst->state, err, errlen);
     if (rc) {
         free(inst);
         return rc;
@@ -124,4 +139,50 @@ void gp_instance_destroy(gp_instance *p)
         return;
     p->policy->destroy(p->state);
     free(p);
+}
+
+int gp_arg_double(const char *policy, const char *key, const char *val, double min, double max,
+                  double *out, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (errno || end == val || *end || !isfinite(v) || v < min || v > max) {
+        snprintf(err, errlen, "policy '%s': %s must be a number in %g..%g, not '%s'", policy, key,
+                 min, max, val);
+        return GCOMP_INVALID;
+    }
+    *out = v;
+    return GCOMP_OK;
+}
+
+int gp_arg_long(const char *policy, const char *key, const char *val, long min, long max,
+                long *out, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (errno || end == val || *end || v < min || v > max) {
+        snprintf(err, errlen, "policy '%s': %s must be an integer in %ld..%ld, not '%s'", policy,
+                 key, min, max, val);
+        return GCOMP_INVALID;
+    }
+    *out = v;
+    return GCOMP_OK;
+}
+
+int gp_spec_with(const gk_spec *in, const char *key, double value, gk_spec *out)
+{
+    const gk_codec *c = in->codec;
+    for (int i = 0; i < c->nparams; i++) {
+        const gk_param_desc *d = &c->params[i];
+        if (strcmp(d->key, key) != 0)
+            continue;
+        if (!(value >= d->min && value <= d->max) || (d->integer && value != floor(value)))
+            return GCOMP_INVALID;
+        *out = *in;
+        out->v[i] = value;
+        return GCOMP_OK;
+    }
+    return GCOMP_INVALID;
 }
