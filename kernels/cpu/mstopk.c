@@ -11,15 +11,53 @@
 #include "gcomp.h"
 #include "select.h"
 
-/* Keys of x in [lo, hi) into cand (room for cap); returns how many were stored. */
+/* Keys of x in [lo, hi) into cand (room for cap); returns how many were stored. Two
+   block masks (key >= lo, key >= hi) leave the in-window bits set, so blocks without a
+   candidate cost one branch. */
 static size_t mstopk_collect(const float *x, size_t n, uint32_t lo, uint32_t hi, uint32_t *cand,
                              size_t cap)
 {
-    size_t c = 0;
-    for (size_t i = 0; i < n && c < cap; i++) {
+    size_t c = 0, i = 0;
+    for (; i + GK_SEL_BLOCK <= n && c < cap; i += GK_SEL_BLOCK) {
+        unsigned m = gk_sel_block_mask(x + i, lo) & ~gk_sel_block_mask(x + i, hi);
+        for (; m && c < cap; m &= m - 1)
+            cand[c++] = gk_sparse_key(x[i + (size_t)__builtin_ctz(m)]);
+    }
+    for (; i < n && c < cap; i++) {
         uint32_t key = gk_sparse_key(x[i]);
         if (key >= lo && key < hi)
             cand[c++] = key;
+    }
+    return c;
+}
+
+/* Emits {key >= key1} and the elements of {key2 <= key < key1} whose rank pos among
+   them lies in [start, start + need); returns the count. Only blocks with a key >= key2
+   are looked at, bit by bit. */
+static size_t mstopk_emit(const float *x, size_t n, uint32_t key1, uint32_t key2, size_t start,
+                          size_t need, void *send)
+{
+    size_t pos = 0, c = 0, i = 0;
+    for (; i < n; i += GK_SEL_BLOCK) {
+        size_t len = n - i < GK_SEL_BLOCK ? n - i : GK_SEL_BLOCK;
+        unsigned m;
+        if (len == GK_SEL_BLOCK) {
+            m = gk_sel_block_mask(x + i, key2);
+        } else {
+            m = 0;
+            for (size_t j = 0; j < len; j++)
+                m |= (unsigned)(gk_sparse_key(x[i + j]) >= key2) << j;
+        }
+        for (; m; m &= m - 1) {
+            size_t r = i + (size_t)__builtin_ctz(m);
+            if (gk_sparse_key(x[r]) >= key1) {
+                gk_sparse_put(send, c++, (uint32_t)r, x[r]);
+            } else {
+                if (pos >= start && pos < start + need)
+                    gk_sparse_put(send, c++, (uint32_t)r, x[r]);
+                pos++;
+            }
+        }
     }
     return c;
 }
@@ -68,26 +106,8 @@ static int mstopk_cpu_encode(const gk_call *call, float *x, void *send, size_t *
     }
     free(cand);
     uint32_t key1 = gk_sparse_key(s.thr1), key2 = gk_sparse_key(s.thr2);
-    size_t start = gk_mstopk_run_start(call, &s), need = k - s.k1, pos = 0, c = 0, i = 0;
-    for (; i < n; i++) {
-        if (i % GK_SEL_BLOCK == 0 && i + GK_SEL_BLOCK <= n) {
-            uint32_t any = 0;
-            for (int j = 0; j < GK_SEL_BLOCK; j++)
-                any |= gk_sparse_key(x[i + j]) >= key2;
-            if (!any) {
-                i += GK_SEL_BLOCK - 1;
-                continue;
-            }
-        }
-        uint32_t key = gk_sparse_key(x[i]);
-        if (key >= key1) {
-            gk_sparse_put(send, c++, (uint32_t)i, x[i]);
-        } else if (key >= key2) {
-            if (pos >= start && pos < start + need)
-                gk_sparse_put(send, c++, (uint32_t)i, x[i]);
-            pos++;
-        }
-    }
+    size_t start = gk_mstopk_run_start(call, &s);
+    size_t c = mstopk_emit(x, n, key1, key2, start, k - s.k1, send);
     *bytes = c * GK_SPARSE_ENTRY;
     return GCOMP_OK;
 }

@@ -4,8 +4,11 @@
  * (gk_sparse_key: the float's bits without the sign), so every threshold test is an
  * integer compare; "key >= t" is |x| >= the float whose key is t.
  *
- * Hot loops run over blocks of GK_SEL_BLOCK elements with a fixed trip count, which GCC
- * vectorises at -O2 (its cheap cost model refuses loops that need a scalar epilogue).
+ * Hot loops run over blocks of GK_SEL_BLOCK elements. With SSE2 (every x86-64) they use
+ * intrinsics: a block's 16 threshold tests become one 16-bit mask (movemask), so the
+ * loops that emit the few selected elements skip empty blocks with one branch and walk
+ * the set bits of the others without a mispredicted branch per element. Without SSE2
+ * the same functions run fixed-trip scalar loops that the compiler can vectorise.
  * All functions are called from the engine thread; they keep no state.
  */
 #ifndef GK_SELECT_H
@@ -15,6 +18,11 @@
 #include <stdint.h>
 
 #include "../codec.h"
+#include "../sparse.h"
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define GK_SEL_BLOCK 16
 
@@ -23,6 +31,52 @@
  * reordered and overwritten. *above gets how many keys are strictly larger.
  */
 uint32_t gk_sel_kth_largest(uint32_t *keys, size_t n, size_t k, size_t *above);
+
+/*
+ * Block masks, inline because the emitting loops call them once per block.
+ *
+ * The test key >= t as the signed compare key > gk_sel_tm1(t). Keys are below 2^31, and
+ * SSE2 only has a signed 32-bit compare (pcmpgtd); t - 1 maps t = 0 to -1 (every key
+ * passes) and any t >= 2^31 to INT32_MAX (no key passes).
+ */
+static inline int32_t gk_sel_tm1(uint32_t t)
+{
+    if (t == 0)
+        return -1;
+    if (t > 0x80000000u)
+        t = 0x80000000u;
+    return (int32_t)(t - 1);
+}
+
+/* Bit j set when key(x[j]) > tm1 for the 16 elements x[0..15]. */
+static inline unsigned gk_sel_mask_tm1(const float *x, int32_t tm1)
+{
+#ifdef __SSE2__
+    /* Four compares give -1 / 0 lanes; two signed packs narrow them to 16 bytes in
+       element order, and movemask collects one bit per byte. */
+    const __m128i abs = _mm_set1_epi32(INT32_MAX), tv = _mm_set1_epi32(tm1);
+    __m128i c0 = _mm_cmpgt_epi32(_mm_and_si128(_mm_loadu_si128((const __m128i *)x), abs), tv);
+    __m128i c1 =
+        _mm_cmpgt_epi32(_mm_and_si128(_mm_loadu_si128((const __m128i *)(x + 4)), abs), tv);
+    __m128i c2 =
+        _mm_cmpgt_epi32(_mm_and_si128(_mm_loadu_si128((const __m128i *)(x + 8)), abs), tv);
+    __m128i c3 =
+        _mm_cmpgt_epi32(_mm_and_si128(_mm_loadu_si128((const __m128i *)(x + 12)), abs), tv);
+    __m128i p = _mm_packs_epi16(_mm_packs_epi32(c0, c1), _mm_packs_epi32(c2, c3));
+    return (unsigned)_mm_movemask_epi8(p);
+#else
+    unsigned m = 0;
+    for (int j = 0; j < GK_SEL_BLOCK; j++)
+        m |= (unsigned)((int32_t)gk_sparse_key(x[j]) > tm1) << j;
+    return m;
+#endif
+}
+
+/* Bit j set when key(x[j]) >= t for the GK_SEL_BLOCK elements x[0..15]. */
+static inline unsigned gk_sel_block_mask(const float *x, uint32_t t)
+{
+    return gk_sel_mask_tm1(x, gk_sel_tm1(t));
+}
 
 /* One pass: sum of |x| (double) and the largest key. */
 void gk_sel_abs_stats(const float *x, size_t n, double *sum, uint32_t *maxkey);
@@ -46,6 +100,14 @@ void gk_sel_masked_stats(const float *x, size_t n, uint32_t t, double *sum, size
 /* One pass: write an allgather entry (sparse.h) for every element with key >= t into
    send, in index order; returns the count. send must hold n entries. */
 size_t gk_sel_emit_ge(const float *x, size_t n, uint32_t t, void *send);
+
+/*
+ * gk_sel_emit_ge() that also counts, in the same pass, the keys >= ct[j] for j < nct
+ * (nct <= 4) into counts[j]: lets a search verify a guessed threshold while it already
+ * emits at it.
+ */
+size_t gk_sel_emit_ge_count(const float *x, size_t n, uint32_t t, void *send,
+                            const uint32_t *ct, int nct, size_t *counts);
 
 /*
  * Exact Top-K: write k entries (k <= n) for the k largest |x| into send, in index order;
