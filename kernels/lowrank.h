@@ -17,7 +17,19 @@
 #include "rng.h"
 
 /* Indices into gk_spec.v for powersgd's keys (the order of its params table). */
-enum { GK_PSGD_RANK = 0, GK_PSGD_WARM_START = 1, GK_PSGD_POWER_ITERS = 2, GK_PSGD_MIN_RATE = 3 };
+enum {
+    GK_PSGD_RANK = 0,
+    GK_PSGD_WARM_START = 1,
+    GK_PSGD_POWER_ITERS = 2,
+    GK_PSGD_MIN_RATE = 3,
+    GK_PSGD_RESIDUAL = 4,
+};
+
+/* Values of powersgd's residual key (algorithms.md 1, "Error feedback"). */
+enum {
+    GK_PSGD_RESIDUAL_GLOBAL = 0, /* e = M - out, the averaged reconstruction (paper code) */
+    GK_PSGD_RESIDUAL_LOCAL = 1,  /* e_w = M_w - P^ Q_w^T with this node's own Q_w */
+};
 
 /* The eps of the Gram-Schmidt normalisation c /= (|c| + eps) (algorithms.md 2.2). */
 #define GK_LOWRANK_EPS 1e-8f
@@ -31,6 +43,8 @@ typedef struct gk_lowrank_state {
     float *p;       /* n x r column-major; never NULL */
     float *q;       /* m x r column-major; never NULL */
     float *work;    /* 2 r floats for the QR path (tau and diag R); never NULL */
+    float *qloc;    /* m x r: this node's Q = M^T P^ of the last power iteration, before
+                       the allreduce, for the local residual; NULL with the global one */
     bool have_p;    /* p holds an averaged P from an earlier step (powersgd_unbiased) */
     bool have_q;    /* q holds an averaged Q from an earlier step */
 } gk_lowrank_state;

@@ -5,7 +5,9 @@
  * by one where x sits on a rounding boundary), packs through a bit stream and takes
  * the decoded value off x (the residual, done here instead of in decode). Decoded
  * values come from a per-bucket table of the 2^b levels, computed as the reference
- * does (gk_maxmin_value), when the bucket has at least 2^b elements.
+ * does (gk_maxmin_value), when the bucket has at least 2^b elements. When b divides 8
+ * the levels are packed and unpacked whole bytes at a time (maxmin_add_bytes), other
+ * widths go through the bit stream.
  */
 #include <math.h>
 #include <stdint.h>
@@ -62,15 +64,46 @@ static int maxmin_cpu_encode(const gk_call *call, float *x, void *send, size_t *
                 t = t < ftop ? t : ftop; /* also catches x - mn overflowing to Inf */
                 lv[j] = constant ? 0u : (unsigned)t;
             }
-            for (size_t j = 0; j < len; j++) {
-                gk_bw_put(&bw, lv[j], (unsigned)bits);
-                x[c + j] -= table ? lut[lv[j]] : gk_maxmin_value(mn, unit, lv[j]);
+            if (table)
+                for (size_t j = 0; j < len; j++)
+                    x[c + j] -= lut[lv[j]];
+            else
+                for (size_t j = 0; j < len; j++)
+                    x[c + j] -= gk_maxmin_value(mn, unit, lv[j]);
+            if (8 % bits == 0 && bw.n == 0 && len % (8u / (unsigned)bits) == 0) {
+                /* Whole bytes of 8 / b levels each, the stream at a byte boundary. */
+                unsigned per = 8u / (unsigned)bits;
+                for (size_t j = 0; j < len; j += per) {
+                    unsigned byte = 0;
+                    for (unsigned e = 0; e < per; e++)
+                        byte |= lv[j + e] << (e * (unsigned)bits);
+                    *bw.p++ = (uint8_t)byte;
+                }
+            } else {
+                for (size_t j = 0; j < len; j++)
+                    gk_bw_put(&bw, lv[j], (unsigned)bits);
             }
         }
         gk_bw_flush(&bw);
     }
     *bytes = gk_maxmin_bytes(d, B, bits);
     return GCOMP_OK;
+}
+
+/* o[i] += lut[level i] for the len levels of a field of b-bit levels, b dividing 8,
+   whole bytes first and then the last byte's levels. */
+static inline void maxmin_add_bytes(const uint8_t *field, size_t len, unsigned b,
+                                    const float *lut, float *o)
+{
+    unsigned per = 8u / b, mask = (1u << b) - 1u;
+    size_t full = len / per, i = 0;
+    for (size_t k = 0; k < full; k++) {
+        unsigned c = field[k];
+        for (unsigned e = 0; e < per; e++, i++)
+            o[i] += lut[(c >> (e * b)) & mask];
+    }
+    for (unsigned e = 0; i < len; e++, i++)
+        o[i] += lut[(field[full] >> (e * b)) & mask];
 }
 
 static int maxmin_cpu_decode(const gk_call *call, float *x, const void *const *recv,
@@ -99,6 +132,19 @@ static int maxmin_cpu_decode(const gk_call *call, float *x, const void *const *r
             size_t lo = k * B, hi = lo + B < d ? lo + B : d;
             float mn = gk_load_f32(p + 8 * k), mx = gk_load_f32(p + 8 * k + 4);
             double unit = gk_maxmin_unit(mn, mx, bits);
+            if (hi - lo > top && 8 % bits == 0) {
+                /* Whole bytes of 8 / b levels each; the bucket's field starts on a byte
+                   and the last byte's unused bits are skipped with the bucket. */
+                maxmin_table(mn, unit, top, lut);
+                switch (bits) { /* constant shifts inside: the compiler unrolls each */
+                case 1: maxmin_add_bytes(br.p, hi - lo, 1, lut, out + lo); break;
+                case 2: maxmin_add_bytes(br.p, hi - lo, 2, lut, out + lo); break;
+                case 4: maxmin_add_bytes(br.p, hi - lo, 4, lut, out + lo); break;
+                default: maxmin_add_bytes(br.p, hi - lo, 8, lut, out + lo); break;
+                }
+                br.p += gk_maxmin_bucket_bytes(hi - lo, bits);
+                continue;
+            }
             if (hi - lo > top) {
                 maxmin_table(mn, unit, top, lut);
                 for (size_t i = lo; i < hi; i++)

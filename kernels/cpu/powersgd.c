@@ -1,7 +1,7 @@
 /*
  * powersgd, powersgd_unbiased: the optimised CPU implementation. The products are
- * cblas_sgemm calls on the column-major factors (see lowrank.h for the layout);
- * orthogonalisation is Gram-Schmidt with BLAS level-1 calls for r_t <= 2 and a
+ * cblas_sgemm calls on the column-major factors (see cpu_mq and lowrank.h for the
+ * layout); orthogonalisation is Gram-Schmidt with BLAS level-1 calls for r_t <= 2 and a
  * Householder QR (LAPACKE sgeqrf + sorgqr) above, as PyTorch's hook does. The QR
  * result is rescaled column by column to what Gram-Schmidt with eps gives: the
  * residual of column j before normalisation is Q_j R_jj, so Gram-Schmidt yields
@@ -74,31 +74,51 @@ int gk_lowrank_orthogonalise_cpu(float *a, size_t len, size_t r, float *work)
     return GCOMP_OK;
 }
 
+/*
+ * The products are cblas_sgemm calls on the column-major views of the row-major
+ * factors. OpenBLAS must run single-threaded here (gcompd sets it at start-up): its
+ * threads would compete with the trainers for the node's cores and spin in
+ * sched_yield on these skinny products.
+ */
+
 /* p (n x r) = M q; M = x row-major n x m is the column-major m x n matrix M^T. */
 static void cpu_mq(const float *x, const gk_lowrank_state *st, const float *q, float *p)
 {
-    cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, (blasint)st->n, (blasint)st->r,
-                (blasint)st->m, 1.0f, x, (blasint)st->m, q, (blasint)st->m, 0.0f, p,
-                (blasint)st->n);
+    size_t n = st->n, m = st->m, r = st->r;
+    cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, (blasint)n, (blasint)r, (blasint)m,
+                1.0f, x, (blasint)m, q, (blasint)m, 0.0f, p, (blasint)n);
 }
 
 /* q (m x r) = M^T p. */
 static void cpu_mtp(const float *x, const gk_lowrank_state *st, const float *p, float *q)
 {
-    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, (blasint)st->m, (blasint)st->r,
-                (blasint)st->n, 1.0f, x, (blasint)st->m, p, (blasint)st->n, 0.0f, q,
-                (blasint)st->m);
+    size_t n = st->n, m = st->m, r = st->r;
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)r, (blasint)n,
+                1.0f, x, (blasint)m, p, (blasint)n, 0.0f, q, (blasint)m);
 }
 
-/* out = P Q^T (row-major n x m, i.e. the column-major m x n matrix Q P^T); x -= out. */
-static void cpu_outer(const gk_lowrank_state *st, float *x, float *out)
+/* x[k] -= o[k]. */
+static void psgd_sub(float *restrict x, const float *restrict o, size_t len)
 {
-    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, (blasint)st->m, (blasint)st->n,
-                (blasint)st->r, 1.0f, st->q, (blasint)st->m, st->p, (blasint)st->n, 0.0f, out,
-                (blasint)st->m);
-    size_t numel = st->n * st->m;
-    for (size_t i = 0; i < numel; i++)
-        x[i] -= out[i];
+    for (size_t k = 0; k < len; k++)
+        x[k] -= o[k];
+}
+
+/*
+ * out = P Q^T (row-major n x m, i.e. the column-major m x n matrix Q P^T) and the
+ * residual: x -= out, or x -= P qres^T when qres is not NULL (powersgd's local
+ * residual, qres = this node's Q before the allreduce).
+ */
+static void cpu_outer(const gk_lowrank_state *st, float *x, float *out, const float *qres)
+{
+    size_t n = st->n, m = st->m, r = st->r;
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)r,
+                1.0f, st->q, (blasint)m, st->p, (blasint)n, 0.0f, out, (blasint)m);
+    if (qres)
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)r,
+                    -1.0f, qres, (blasint)m, st->p, (blasint)n, 1.0f, x, (blasint)m);
+    else
+        psgd_sub(x, out, n * m);
 }
 
 static int check_recv(const size_t *bytes, int nrecv, size_t floats)
@@ -126,6 +146,8 @@ static int powersgd_cpu_encode(const gk_call *call, float *x, void *send, size_t
     } else {
         cpu_mtp(x, st, st->p, send);
         *bytes = st->m * st->r * sizeof(float);
+        if (st->qloc) /* the local residual needs this node's Q; only the last counts */
+            memcpy(st->qloc, send, *bytes);
     }
     return GCOMP_OK;
 }
@@ -144,7 +166,7 @@ static int powersgd_cpu_decode(const gk_call *call, float *x, const void *const 
         return GCOMP_PROTOCOL;
     scale_copy(st->q, recv[0], st->m * st->r, call->nodes);
     if (call->phase == 2 * (int)call->spec->v[GK_PSGD_POWER_ITERS] - 1) {
-        cpu_outer(st, x, out);
+        cpu_outer(st, x, out, st->qloc);
         st->have_q = true;
     }
     return GCOMP_OK;
@@ -191,7 +213,7 @@ static int unbiased_cpu_decode(const gk_call *call, float *x, const void *const 
         scale_copy(st->q, recv[0], st->m * st->r, call->nodes);
         st->have_q = true;
     }
-    cpu_outer(st, x, out);
+    cpu_outer(st, x, out, NULL);
     return GCOMP_OK;
 }
 

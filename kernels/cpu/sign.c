@@ -1,8 +1,11 @@
 /*
- * signsgd, signnorm, onebit: the optimised CPU implementation. Encode is one
- * reduction pass and one packing pass over 32-element words; decode accumulates each
- * node's payload into out with a two-entry select per bit. Semantics and payloads are
- * those of ref/sign.c and quant.h.
+ * signsgd, signnorm, onebit: the optimised CPU implementation. Encode is one pass over
+ * x in 32-element words: each word's sign bits are packed (SSE2 compare + movemask)
+ * while the reduction the codec needs (any nonzero, l1 norm, sum and count of the
+ * negatives) is taken in float over the word and added to double accumulators per
+ * word. Decode is one pass over out and x (gk_sign_decode): every node's word is read
+ * once, the output written once and the residual taken off x in the same pass.
+ * Semantics and payloads are those of ref/sign.c and quant.h.
  */
 #include <math.h>
 #include <stdint.h>
@@ -12,15 +15,117 @@
 #include "bits.h"
 #include "gcomp.h"
 
+/* Set bits of a word (no popcnt instruction in the baseline x86-64). */
+static inline unsigned popcount32(uint32_t v)
+{
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    return (((v + (v >> 4)) & 0x0f0f0f0fu) * 0x01010101u) >> 24;
+}
+
+#ifdef __SSE2__
+/* The sum of the four lanes. */
+static inline float hsum4(__m128 v)
+{
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
+    return _mm_cvtss_f32(v);
+}
+#endif
+
+/*
+ * The sign bits of x into bits, with per word (32 elements) and in double across the
+ * words: *abs = sum |x|, *neg = sum of the x < 0, *all = sum x, and *nonzero whether
+ * any x != 0. The sums are only taken when the pointer is not NULL.
+ */
+static void sign_pack(const float *x, size_t d, uint8_t *bits, double *abs, double *neg,
+                      double *all, int *nonzero)
+{
+    size_t full = d / 32;
+    double sa = 0.0, sn = 0.0, sl = 0.0;
+    int any = 0;
+#ifdef __SSE2__
+    const __m128 zero = _mm_setzero_ps();
+    const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    __m128 nz = zero;
+    for (size_t k = 0; k < full; k++) {
+        const float *v = x + 32 * k;
+        __m128 a = zero, n = zero, l = zero;
+        uint32_t word = 0;
+        for (unsigned g = 0; g < 8; g++) {
+            __m128 xv = _mm_loadu_ps(v + 4 * g), m = _mm_cmplt_ps(xv, zero);
+            word |= (uint32_t)_mm_movemask_ps(m) << (4 * g);
+            if (abs)
+                a = _mm_add_ps(a, _mm_and_ps(xv, absmask));
+            if (neg) {
+                n = _mm_add_ps(n, _mm_and_ps(m, xv));
+                l = _mm_add_ps(l, xv);
+            }
+            if (nonzero)
+                nz = _mm_or_ps(nz, _mm_cmpneq_ps(xv, zero));
+        }
+        gk_store_le32(bits + 4 * k, word);
+        if (abs)
+            sa += hsum4(a);
+        if (neg) {
+            sn += hsum4(n);
+            sl += hsum4(l);
+        }
+    }
+    any = _mm_movemask_ps(nz) != 0;
+#else
+    for (size_t k = 0; k < full; k++) {
+        const float *v = x + 32 * k;
+        float a = 0.0f, n = 0.0f, l = 0.0f;
+        for (unsigned j = 0; j < 32; j++) {
+            a += fabsf(v[j]);
+            n += v[j] < 0.0f ? v[j] : 0.0f;
+            l += v[j];
+            any |= v[j] != 0.0f;
+        }
+        gk_store_le32(bits + 4 * k, gk_pack_neg32(v));
+        sa += a;
+        sn += n;
+        sl += l;
+    }
+#endif
+    if (32 * full < d) {
+        const float *v = x + 32 * full;
+        size_t len = d - 32 * full;
+        gk_store_le32(bits + 4 * full, gk_pack_neg_tail(v, len));
+        for (size_t j = 0; j < len; j++) {
+            sa += fabsf(v[j]);
+            sn += v[j] < 0.0f ? v[j] : 0.0f;
+            sl += v[j];
+            any |= v[j] != 0.0f;
+        }
+    }
+    if (abs)
+        *abs = sa;
+    if (neg) {
+        *neg = sn;
+        *all = sl;
+    }
+    if (nonzero)
+        *nonzero = any;
+}
+
+/* The number of set bits of a field of d elements (its padding bits are zero). */
+static size_t count_bits(const uint8_t *bits, size_t d)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < (d + 31) / 32; k++)
+        n += popcount32(gk_load_le32(bits + 4 * k));
+    return n;
+}
+
 static int signsgd_cpu_encode(const gk_call *call, float *x, void *send, size_t *bytes)
 {
     size_t d = call->layer->numel;
     uint8_t *b = send;
     int any = 0;
-    for (size_t i = 0; i < d; i++)
-        any |= x[i] != 0.0f;
+    sign_pack(x, d, b + 4, NULL, NULL, NULL, &any);
     gk_store_u32(b, (uint32_t)any);
-    gk_bits_pack_neg(x, d, b + 4);
     *bytes = gk_signsgd_bytes(d);
     return GCOMP_OK;
 }
@@ -34,17 +139,20 @@ static int signsgd_cpu_decode(const gk_call *call, float *x, const void *const *
     for (int w = 0; w < nrecv; w++)
         if (gk_load_u32(recv[w]) > 1)
             return GCOMP_PROTOCOL;
-    memset(out, 0, d * sizeof(float));
-    /* Votes are small integers: exact in float. */
+    /* Votes are small integers: exact in float. An abstaining node counts 0 for
+       both bit values. */
+    const uint8_t *bits[nrecv];
+    float v1[nrecv], v0[nrecv];
     for (int w = 0; w < nrecv; w++) {
         const uint8_t *b = recv[w];
-        if (gk_load_u32(b))
-            gk_bits_select_add(b + 4, d, -1.0f, 1.0f, out);
+        float on = gk_load_u32(b) ? 1.0f : 0.0f;
+        bits[w] = b + 4;
+        v1[w] = -on;
+        v0[w] = on;
     }
-    for (size_t i = 0; i < d; i++)
-        out[i] = (float)((out[i] > 0.0f) - (out[i] < 0.0f));
-    if (gk_load_u32(recv[call->node]))
-        gk_sign_residual(x, d, -1.0f, 1.0f);
+    const uint8_t *own = recv[call->node];
+    gk_sign_decode(bits, v1, v0, nrecv, d, true, out, gk_load_u32(own) ? own + 4 : NULL, -1.0f,
+                   1.0f, x);
     return GCOMP_OK;
 }
 
@@ -52,8 +160,9 @@ static int signnorm_cpu_encode(const gk_call *call, float *x, void *send, size_t
 {
     size_t d = call->layer->numel;
     uint8_t *b = send;
-    gk_store_f32(b, (float)gk_sum_abs(x, d));
-    gk_bits_pack_neg(x, d, b + 4);
+    double l1 = 0.0;
+    sign_pack(x, d, b + 4, &l1, NULL, NULL, NULL);
+    gk_store_f32(b, (float)l1);
     *bytes = gk_signnorm_bytes(d);
     return GCOMP_OK;
 }
@@ -69,14 +178,18 @@ static int signnorm_cpu_decode(const gk_call *call, float *x, const void *const 
         if (!isfinite(l1) || l1 < 0.0f)
             return GCOMP_PROTOCOL;
     }
-    memset(out, 0, d * sizeof(float));
+    const uint8_t *bits[nrecv];
+    float v1[nrecv], v0[nrecv];
     for (int w = 0; w < nrecv; w++) {
         const uint8_t *b = recv[w];
         float s = gk_load_f32(b) / (float)d / (float)nrecv;
-        gk_bits_select_add(b + 4, d, -s, s, out);
+        bits[w] = b + 4;
+        v1[w] = -s;
+        v0[w] = s;
     }
-    float s = gk_load_f32(recv[call->node]) / (float)d;
-    gk_sign_residual(x, d, -s, s);
+    const uint8_t *own = recv[call->node];
+    float s = gk_load_f32(own) / (float)d;
+    gk_sign_decode(bits, v1, v0, nrecv, d, false, out, own + 4, -s, s, x);
     return GCOMP_OK;
 }
 
@@ -84,33 +197,11 @@ static int onebit_cpu_encode(const gk_call *call, float *x, void *send, size_t *
 {
     size_t d = call->layer->numel;
     uint8_t *b = send;
-    /* One pass: the sum and count of the negatives and the total sum, eight lanes. */
-    double neg[8] = {0}, all[8] = {0};
-    size_t cnt[8] = {0}, i = 0;
-    for (; i + 8 <= d; i += 8)
-        for (int j = 0; j < 8; j++) {
-            float v = x[i + j];
-            int isneg = v < 0.0f;
-            neg[j] += isneg ? v : 0.0f;
-            cnt[j] += (size_t)isneg;
-            all[j] += v;
-        }
-    for (int j = 1; j < 8; j++) {
-        neg[0] += neg[j];
-        all[0] += all[j];
-        cnt[0] += cnt[j];
-    }
-    for (; i < d; i++) {
-        if (x[i] < 0.0f) {
-            neg[0] += x[i];
-            cnt[0]++;
-        }
-        all[0] += x[i];
-    }
-    size_t n0 = cnt[0], n1 = d - n0;
-    gk_store_f32(b, n0 ? (float)(neg[0] / (double)n0) : 0.0f);
-    gk_store_f32(b + 4, n1 ? (float)((all[0] - neg[0]) / (double)n1) : 0.0f);
-    gk_bits_pack_neg(x, d, b + 8);
+    double neg = 0.0, all = 0.0;
+    sign_pack(x, d, b + 8, NULL, &neg, &all, NULL);
+    size_t n0 = count_bits(b + 8, d), n1 = d - n0;
+    gk_store_f32(b, n0 ? (float)(neg / (double)n0) : 0.0f);
+    gk_store_f32(b + 4, n1 ? (float)((all - neg) / (double)n1) : 0.0f);
     *bytes = gk_onebit_bytes(d);
     return GCOMP_OK;
 }
@@ -126,14 +217,17 @@ static int onebit_cpu_decode(const gk_call *call, float *x, const void *const *r
         if (!isfinite(gk_load_f32(b)) || !isfinite(gk_load_f32(b + 4)))
             return GCOMP_PROTOCOL;
     }
-    memset(out, 0, d * sizeof(float));
-    float inv = 1.0f / (float)nrecv;
+    const uint8_t *bits[nrecv];
+    float v1[nrecv], v0[nrecv], inv = 1.0f / (float)nrecv;
     for (int w = 0; w < nrecv; w++) {
         const uint8_t *b = recv[w];
-        gk_bits_select_add(b + 8, d, gk_load_f32(b) * inv, gk_load_f32(b + 4) * inv, out);
+        bits[w] = b + 8;
+        v1[w] = gk_load_f32(b) * inv;
+        v0[w] = gk_load_f32(b + 4) * inv;
     }
     const uint8_t *own = recv[call->node];
-    gk_sign_residual(x, d, gk_load_f32(own), gk_load_f32(own + 4));
+    gk_sign_decode(bits, v1, v0, nrecv, d, false, out, own + 8, gk_load_f32(own),
+                   gk_load_f32(own + 4), x);
     return GCOMP_OK;
 }
 

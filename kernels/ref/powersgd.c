@@ -10,8 +10,19 @@
  *              decode: P^ = orthogonalise(sum P) (Gram-Schmidt, eps 1e-8)
  *   phase 2k+1 encode: Q = M^T P^; payload Q, allreduce sum
  *              decode: Q = sum Q / W; on the last phase out = P^ Q^T and the
- *                      residual x = M - out (the global reconstruction, as the paper
- *                      code; identical on every node up to each node's own M).
+ *                      residual (key residual):
+ *                        0 (global, default, the paper code): x = M - out, the
+ *                          averaged reconstruction;
+ *                        1 (local): x = M_w - P^ Q_w^T with Q_w = M_w^T P^ this
+ *                          node's own Q of the last power iteration, before the
+ *                          allreduce.
+ * Both leave the same sum of the residuals over the nodes (sum_w Q_w = W Q), so the
+ * next step's sum of P and Q, and with it every output, are the same in exact
+ * arithmetic (algorithms.md 1). They differ in what each node keeps: with the global
+ * residual a node whose gradient differs persistently from the mean accumulates that
+ * difference (its part outside the rank-r approximation of the mean is never taken
+ * off), so |x_w| can grow without bound while the sum stays bounded; the local residual
+ * takes off each node's own projection, which keeps every x_w bounded.
  * Q is kept for the next step's warm start. Q is not orthogonalised before use (the
  * paper code does not; PyTorch's hook does): P^ is, which makes the result
  * independent of Q's scale.
@@ -87,16 +98,20 @@ static int ref_mtp(const float *x, size_t n, size_t m, size_t r, const float *p,
     return GCOMP_OK;
 }
 
-/* out = P Q^T (row-major n x m) and x -= out. */
-static void ref_outer(const gk_lowrank_state *st, float *x, float *out)
+/* out = P Q^T (row-major n x m) and x -= out, or x -= P qres^T when qres is not NULL
+   (powersgd's local residual). */
+static void ref_outer(const gk_lowrank_state *st, float *x, float *out, const float *qres)
 {
     for (size_t i = 0; i < st->n; i++)
         for (size_t k = 0; k < st->m; k++) {
-            double acc = 0.0;
-            for (size_t j = 0; j < st->r; j++)
+            double acc = 0.0, res = 0.0;
+            for (size_t j = 0; j < st->r; j++) {
                 acc += (double)st->p[j * st->n + i] * st->q[j * st->m + k];
+                if (qres)
+                    res += (double)st->p[j * st->n + i] * qres[j * st->m + k];
+            }
             out[i * st->m + k] = (float)acc;
-            x[i * st->m + k] -= (float)acc;
+            x[i * st->m + k] -= (float)(qres ? res : acc);
         }
 }
 
@@ -119,6 +134,8 @@ static int powersgd_ref_encode(const gk_call *call, float *x, void *send, size_t
         if (ref_mtp(x, st->n, st->m, st->r, st->p, send))
             return GCOMP_NOMEM;
         *bytes = st->m * st->r * sizeof(float);
+        if (st->qloc) /* the local residual needs this node's Q; only the last counts */
+            memcpy(st->qloc, send, *bytes);
     }
     return GCOMP_OK;
 }
@@ -140,7 +157,7 @@ static int powersgd_ref_decode(const gk_call *call, float *x, const void *const 
     for (size_t i = 0; i < st->m * st->r; i++)
         st->q[i] = sum[i] / (float)call->nodes;
     if (call->phase == 2 * (int)call->spec->v[GK_PSGD_POWER_ITERS] - 1) {
-        ref_outer(st, x, out);
+        ref_outer(st, x, out, st->qloc);
         st->have_q = true;
     }
     return GCOMP_OK;
@@ -187,7 +204,7 @@ static int unbiased_ref_decode(const gk_call *call, float *x, const void *const 
         st->have_p = true;
     else
         st->have_q = true;
-    ref_outer(st, x, out);
+    ref_outer(st, x, out, NULL);
     return GCOMP_OK;
 }
 
@@ -238,6 +255,7 @@ static void lowrank_state_free(void *state)
     free(st->p);
     free(st->q);
     free(st->work);
+    free(st->qloc);
     free(st);
 }
 
@@ -260,12 +278,30 @@ static int lowrank_state_new(const gk_spec *spec, const gk_layer *layer, void **
     return GCOMP_OK;
 }
 
+/* powersgd's state: the shared one, plus this node's Q for the local residual. */
+static int powersgd_state_new(const gk_spec *spec, const gk_layer *layer, void **state)
+{
+    int rc = lowrank_state_new(spec, layer, state);
+    if (rc || spec->v[GK_PSGD_RESIDUAL] != GK_PSGD_RESIDUAL_LOCAL)
+        return rc;
+    gk_lowrank_state *st = *state;
+    st->qloc = calloc(st->m * st->r + 1, sizeof(float));
+    if (!st->qloc) {
+        lowrank_state_free(st);
+        *state = NULL;
+        return GCOMP_NOMEM;
+    }
+    return GCOMP_OK;
+}
+
 static const gk_param_desc powersgd_params[] = {
     {"rank", 1, 1, 1024, true, "rank r of the approximation (r_t = min(n, m, r))"},
     {"warm_start", 1, 0, 1, true, "1: reuse the previous step's Q; 0: a fresh random Q each step"},
     {"power_iters", 1, 1, 8, true, "power iterations per step (2 allreduces each)"},
     {"min_compression_rate", 2, 1, 1e6, false,
      "compress a layer only if (n + m) r_t rate < n m; smaller layers go dense"},
+    {"residual", GK_PSGD_RESIDUAL_GLOBAL, 0, 1, true,
+     "error feedback residual: 0 = M - out (global, paper code); 1 = M - P Q_w^T (local)"},
 };
 
 static const gk_param_desc unbiased_params[] = {
@@ -287,7 +323,7 @@ const gk_codec gk_codec_powersgd = {
     .nphases = powersgd_nphases,
     .compresses = powersgd_compresses,
     .max_bytes = powersgd_max_bytes,
-    .state_new = lowrank_state_new,
+    .state_new = powersgd_state_new,
     .state_free = lowrank_state_free,
     .ref = &powersgd_ref,
     .cpu = &gk_powersgd_cpu,

@@ -12,6 +12,7 @@
  */
 #include <stdbool.h>
 #include <stdint.h>
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,6 +258,7 @@ static int bench_model_run(const gk_spec *spec, const bench_model *m, int reps, 
 
 int main(int argc, char **argv)
 {
+    openblas_set_num_threads(1); /* as gcompd runs its codecs */
     int reps = 2;
     const char *only = NULL, *model = NULL;
     for (int i = 1; i < argc; i++) {

@@ -1,7 +1,9 @@
 /*
  * powersgd and powersgd_unbiased: the properties of algorithms.md section 4 (skip
  * rule, orthogonalisation, exactness at full rank, warm start convergence, error
- * feedback), the zero-gradient cases, and the payload sizes, on both implementations.
+ * feedback), the zero-gradient cases, the payload sizes, and the residual key (local
+ * and global agree on the outputs; only local keeps each node's residual bounded), on
+ * both implementations.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -430,6 +432,115 @@ static void test_state_after_step(void **st)
     tu_free(g, 3);
 }
 
+/* The residual key: local (1) and global (0) leave the same sum of the residuals over
+   the nodes, so over a few steps of different random per-node gradients every node's
+   output, and that sum, agree up to float rounding, for both implementations. */
+static void test_residual_local_matches_global(void **st)
+{
+    (void)st;
+    const char *pairs[][2] = {{"powersgd:rank=1", "powersgd:rank=1,residual=1"},
+                              {"powersgd:rank=2", "powersgd:rank=2,residual=1"},
+                              {"powersgd:rank=4,power_iters=2",
+                               "powersgd:rank=4,power_iters=2,residual=1"},
+                              {"powersgd:rank=12", "powersgd:rank=12,residual=1"}};
+    gk_layer l = layer2(40, 36);
+    size_t d = l.numel;
+    float **g = tu_alloc(3, d), **og = tu_alloc(3, d), **ol = tu_alloc(3, d);
+    float *sg = malloc(d * sizeof(float)), *sl = malloc(d * sizeof(float));
+    for (size_t c = 0; c < sizeof(pairs) / sizeof(pairs[0]); c++)
+        for (int ref = 0; ref < 2; ref++) {
+            codec_sim a, b;
+            assert_int_equal(codec_sim_init(&a, pairs[c][0], &l, 3, NULL), 0);
+            assert_int_equal(codec_sim_init(&b, pairs[c][1], &l, 3, NULL), 0);
+            assert_true(gk_spec_get(&b.spec, "residual") == 1.0);
+            if (ref) {
+                a.impl = a.spec.codec->ref;
+                b.impl = b.spec.codec->ref;
+            }
+            double worst_out = 0.0, worst_sum = 0.0, worst_split = 0.0;
+            for (int t = 0; t < 6; t++) {
+                for (int w = 0; w < 3; w++)
+                    tu_normal(g[w], d, 61, (uint64_t)(3 * t + w), 1.0f + (float)w);
+                assert_int_equal(codec_sim_step(&a, (uint64_t)t, (const float *const *)g, og), 0);
+                assert_int_equal(codec_sim_step(&b, (uint64_t)t, (const float *const *)g, ol), 0);
+                for (int w = 0; w < 3; w++)
+                    worst_out = fmax(worst_out, tu_dist(og[w], ol[w], d) / tu_norm(og[w], d));
+                tu_mean(a.x, 3, d, sg);
+                tu_mean(b.x, 3, d, sl);
+                worst_sum = fmax(worst_sum, tu_dist(sg, sl, d) / tu_norm(sg, d));
+                /* The split over the nodes differs: that is the point of the key. */
+                worst_split = fmax(worst_split, tu_dist(a.x[0], b.x[0], d) / tu_norm(a.x[0], d));
+            }
+            if (worst_out > 1e-4 || worst_sum > 1e-4 || getenv("GK_TEST_VERBOSE"))
+                print_message("%s (%s): out %g, residual sum %g, node 0 residual %g\n",
+                              pairs[c][1], ref ? "ref" : "cpu", worst_out, worst_sum,
+                              worst_split);
+            assert_true(worst_out < 1e-4);
+            assert_true(worst_sum < 1e-4);
+            assert_true(worst_split > 1e-2);
+            codec_sim_free(&a);
+            codec_sim_free(&b);
+        }
+    free(sg);
+    free(sl);
+    tu_free(g, 3);
+    tu_free(og, 3);
+    tu_free(ol, 3);
+}
+
+/* Persistently different per-node gradients g_w = c_w G (c = 0.5, 1, 1.5; G with a
+   decaying spectrum, so the residual of the mean settles at a few |G|): with the
+   global residual node w keeps (c_w - 1) G of every step, so |x_w| grows linearly;
+   the local residual stays bounded (x_w = c_w y with y the residual of the mean). */
+static void test_residual_local_bounded(void **st)
+{
+    (void)st;
+    gk_layer l = layer2(30, 20);
+    size_t d = l.numel;
+    float **g = tu_alloc(3, d), **out = tu_alloc(3, d);
+    const double sigma[] = {4, 2, 1, 0.5, 0.25, 0.1};
+    make_spectrum(g[1], 30, 20, sigma, 6);
+    for (size_t i = 0; i < d; i++) {
+        g[0][i] = 0.5f * g[1][i];
+        g[2][i] = 1.5f * g[1][i];
+    }
+    double gn = tu_norm(g[1], d);
+    const char *specs[] = {"powersgd:rank=1", "powersgd:rank=1,residual=1",
+                           "powersgd:rank=2", "powersgd:rank=2,residual=1"};
+    for (size_t c = 0; c < 4; c++)
+        for (int ref = 0; ref < 2; ref++) {
+            codec_sim s;
+            assert_int_equal(codec_sim_init(&s, specs[c], &l, 3, NULL), 0);
+            if (ref)
+                s.impl = s.spec.codec->ref;
+            double worst = 0.0, at20 = 0.0;
+            const int T = 200;
+            for (int t = 1; t <= T; t++) {
+                assert_int_equal(codec_sim_step(&s, (uint64_t)t, (const float *const *)g, out), 0);
+                double big = 0.0;
+                for (int w = 0; w < 3; w++)
+                    big = fmax(big, tu_norm(s.x[w], d) / gn);
+                worst = fmax(worst, big);
+                if (t == 20)
+                    at20 = big;
+            }
+            bool local = c % 2 == 1;
+            if (getenv("GK_TEST_VERBOSE"))
+                print_message("%s (%s): max |x_w| / |G| %g at step 20, %g over %d steps\n",
+                              specs[c], ref ? "ref" : "cpu", at20, worst, T);
+            if (local) {
+                assert_true(worst < 10.0);
+                assert_true(worst < 2.0 * at20);
+            } else {
+                assert_true(worst > 5.0 * at20); /* 0.5 G per step on nodes 0 and 2 */
+                assert_true(worst > 0.4 * T);
+            }
+            codec_sim_free(&s);
+        }
+    tu_free(g, 3);
+    tu_free(out, 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +553,8 @@ int main(void)
         cmocka_unit_test(test_payload_bytes),
         cmocka_unit_test(test_unbiased_alternates),
         cmocka_unit_test(test_state_after_step),
+        cmocka_unit_test(test_residual_local_matches_global),
+        cmocka_unit_test(test_residual_local_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
