@@ -24,6 +24,11 @@ static void usage(FILE *out)
             "  policy get        the policy in force\n"
             "  policy set SPEC   switch every node to SPEC at the same step (e.g. 'none',\n"
             "                    'static:codec=none'); prints the step it applies from\n"
+            "  policy log [N]    the last N (50) decisions: step, layer, old, new, why\n"
+            "  whatif --nodes P --bandwidth B [--latency-us L]\n"
+            "                    predicted step time per codec on such a cluster, from the\n"
+            "                    constants the perfmodel policy measured (B: 10gbit, 25gbps...)\n"
+            "  query ARGS...     any other question for the policy in force\n"
             "  shutdown          stop every daemon of the job\n\n"
             "PATH defaults to $GCOMP_CTL (a daemon's DIR/node{k}.ctl).\n");
 }
@@ -56,13 +61,18 @@ int main(int argc, char **argv)
     char **args = argv + a + 1;
     int nargs = argc - a - 1;
     if (strcmp(argv[a], "policy") == 0) {
-        if (nargs < 1 || (strcmp(args[0], "get") && strcmp(args[0], "set"))) {
-            fprintf(stderr, "gcompctl: 'policy get' or 'policy set SPEC'\n");
+        if (nargs < 1 || (strcmp(args[0], "get") && strcmp(args[0], "set") && strcmp(args[0], "log"))) {
+            fprintf(stderr, "gcompctl: 'policy get', 'policy set SPEC' or 'policy log [N]'\n");
             return 2;
         }
         snprintf(cmd, sizeof(cmd), "policy-%s", args[0]);
         args++;
         nargs--;
+    } else if (strcmp(argv[a], "whatif") == 0) {
+        /* The policy answers; the command name travels as the first argument. */
+        snprintf(cmd, sizeof(cmd), "query");
+        args = argv + a;
+        nargs = argc - a;
     } else {
         snprintf(cmd, sizeof(cmd), "%s", argv[a]);
     }

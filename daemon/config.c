@@ -23,6 +23,9 @@ static const struct gcd_key {
     {"transport", "mpi", "transport between daemons"},
     {"stats-file", "", "JSON lines, one per step and bucket, written by node 0; with {node}"
                        " in the path every node writes its own"},
+    {"decision-log", "", "JSON lines, one per layer whose codec or parameter changes (step,"
+                         " bucket, layer, old, new, why), written by node 0; {node} as in"
+                         " --stats-file. gcompctl policy log shows the latest either way"},
     {"timeout-ms", "60000", "a node silent this long during negotiation is reported stalled"},
     {"cycle-ms", "5", "longest wait between negotiation cycles when idle"},
     {"seed", "1", "job seed of the shared random generator"},
@@ -193,7 +196,9 @@ int gcd_config_load(int argc, char **argv, gcd_config *cfg, char *err, size_t er
         copy_value("transport", vals[key_index("transport")], cfg->transport,
                    sizeof(cfg->transport), err, errlen) ||
         copy_value("stats-file", vals[key_index("stats-file")], cfg->stats_file,
-                   sizeof(cfg->stats_file), err, errlen))
+                   sizeof(cfg->stats_file), err, errlen) ||
+        copy_value("decision-log", vals[key_index("decision-log")], cfg->decision_log,
+                   sizeof(cfg->decision_log), err, errlen))
         return GCOMP_INVALID;
     if (!*cfg->job_id) {
         snprintf(err, errlen, "--job-id is required (or GCOMP_JOB_ID)");

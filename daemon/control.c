@@ -2,6 +2,7 @@
  * control.c: the control socket's commands (gcompctl), on the loop thread.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "daemon.h"
@@ -23,11 +24,10 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
         n += gcd_json_str(out + n, n < len ? len - n : 0, d->policy_spec);
         n += (size_t)snprintf(out + n, n < len ? len - n : 0,
                               ",\"policy_epoch\":%llu,\"policy_step\":%lld,\"hints\":{\"count\":%llu,"
-                              "\"step\":%lld,\"lr\":%g,\"samples\":%lld,\"epochs\":%llu},\"buckets\":[",
+                              "\"step\":%lld,\"lr\":%g,\"epochs\":%lld},\"buckets\":[",
                               (unsigned long long)d->policy_epoch, (long long)d->policy_step,
                               (unsigned long long)d->hints.count, (long long)d->hints.step,
-                              d->hints.lr, (long long)d->hints.samples,
-                              (unsigned long long)d->hints.epochs);
+                              d->hints.lr, (long long)d->hints.epochs);
         for (uint32_t i = 0; i < d->nbuckets && n < len; i++) {
             const gcd_bucket *b = d->buckets[i];
             n += (size_t)snprintf(out + n, len - n, "%s{\"name\":", i ? "," : "");
@@ -88,6 +88,28 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
         pthread_mutex_unlock(&d->mu);
         return GCOMP_OK;
     }
+    if (strcmp(cmd, "policy-log") == 0) {
+        long want = nargs > 0 ? atol(args[0]) : 50;
+        if (want <= 0 || want > GCD_DECLOG_LINES) {
+            snprintf(out, len, "policy log takes a line count in 1..%d", GCD_DECLOG_LINES);
+            return GCOMP_INVALID;
+        }
+        pthread_mutex_lock(&d->mu);
+        uint64_t total = d->declog_total, from = total > (uint64_t)want ? total - (uint64_t)want : 0;
+        if (total - from > GCD_DECLOG_LINES)
+            from = total - GCD_DECLOG_LINES;
+        size_t n = 0;
+        out[0] = '\0';
+        if (json)
+            n += (size_t)snprintf(out, len, "[");
+        for (uint64_t k = from; k < total && n < len; k++)
+            n += (size_t)snprintf(out + n, len - n, json ? "%s%s" : "%.0s%s\n",
+                                  k > from ? "," : "", d->declog[k % GCD_DECLOG_LINES]);
+        if (json && n < len)
+            snprintf(out + n, len - n, "]");
+        pthread_mutex_unlock(&d->mu);
+        return GCOMP_OK;
+    }
     if (strcmp(cmd, "policy-set") == 0) {
         if (nargs != 1) {
             snprintf(out, len, "policy set takes one spec, e.g. 'static:codec=none'");
@@ -111,6 +133,26 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
         gcd_log_info("policy switch to '%s' asked", args[0]);
         return 1;
     }
+    if (strcmp(cmd, "query") == 0) {
+        char joined[1024] = "";
+        size_t n = 0;
+        for (size_t i = 0; i < nargs && n < sizeof(joined); i++)
+            n += (size_t)snprintf(joined + n, sizeof(joined) - n, "%s%s", i ? "\n" : "", args[i]);
+        if (nargs == 0 || n >= sizeof(joined)) {
+            snprintf(out, len, "query needs arguments (at most %zu bytes), e.g. whatif --nodes 8 "
+                               "--bandwidth 10gbit", sizeof(joined) - 1);
+            return GCOMP_INVALID;
+        }
+        pthread_mutex_lock(&d->mu);
+        int rc = gcd_queue_push(&d->to_engine, GCD_EV_QUERY, 0, 0, json, gcd_session_id(s), joined);
+        pthread_cond_signal(&d->cv);
+        pthread_mutex_unlock(&d->mu);
+        if (rc) {
+            snprintf(out, len, "out of memory");
+            return rc;
+        }
+        return 1;
+    }
     if (strcmp(cmd, "shutdown") == 0) {
         pthread_mutex_lock(&d->mu);
         int rc = gcd_queue_push(&d->to_engine, GCD_EV_SHUTDOWN, 0, 0, 0, 0, NULL);
@@ -119,7 +161,8 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
         snprintf(out, len, rc ? "out of memory" : "shutting the job down\n");
         return rc;
     }
-    snprintf(out, len, "unknown command '%s'; valid: status, stats, policy-get, policy-set SPEC, shutdown",
+    snprintf(out, len, "unknown command '%s'; valid: status, stats, policy-get, policy-set SPEC, "
+                       "policy-log [N], shutdown",
              cmd);
     return GCOMP_INVALID;
 }

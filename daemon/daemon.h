@@ -19,6 +19,8 @@
 
 struct gcd_engine_bucket;
 
+#define GCD_DECLOG_LINES 4096
+
 typedef struct gcd_bucket {
     /* Fixed once created; read by both threads without the lock. */
     uint32_t id;
@@ -53,6 +55,7 @@ enum gcd_event_kind {
     GCD_EV_FAIL,      /* loop -> engine: this node failed bucket's step (step -1: any) */
     GCD_EV_POLICY,    /* loop -> engine: policy switch asked (text = spec) by ctl_id */
     GCD_EV_SHUTDOWN,  /* loop -> engine: job-wide shutdown asked */
+    GCD_EV_QUERY,     /* loop -> engine: a query for the policy (text = args, '\n'-separated) */
     GCD_EV_COMPLETE,  /* engine -> loop: bucket's step finished with status/text */
     GCD_EV_CTL_REPLY, /* engine -> loop: answer ctl_id with status/text */
 };
@@ -88,10 +91,18 @@ typedef struct gcd {
     int connected;              /* trainers connected */
     bool stopping;              /* the loop thread should close everything and return */
     struct {                    /* the trainers' latest hints */
-        uint64_t count, epochs;
-        int64_t step, samples;
+        uint64_t count;
+        int64_t epochs;         /* epoch ends hinted by local rank 0 */
+        int64_t step;
         double lr;
+        bool has_lr, has_samples;
+        int64_t samples[GCD_MAX_TRAINERS]; /* per local rank */
     } hints;
+    int64_t advice_batch;       /* the policy's batch-size advice (0: none) */
+    double advice_lr_scale;
+    int64_t advice_step;
+    char *declog[GCD_DECLOG_LINES]; /* the decision log's last lines (ring) */
+    uint64_t declog_total;
     char policy_spec[512];      /* policy in force (for gcompctl) */
     uint64_t policy_epoch;
     int64_t policy_step;

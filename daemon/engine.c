@@ -40,7 +40,7 @@ typedef struct eng_layer {
 typedef struct gcd_engine_bucket {
     eng_layer *layers;
     int64_t ready_step;
-    double t_ready, t_sum_ms;
+    double t_ready, t_prev_ready, t_sum_ms;
     int skipped;      /* layers whose non-finite input was skipped this step */
 } gcd_engine_bucket;
 
@@ -59,6 +59,9 @@ typedef struct ctl_wait {
 typedef struct engine {
     gcd *d;
     gp_env env;       /* what policies are made with */
+    FILE *declog;     /* the --decision-log file, or NULL */
+    double *stats;    /* scratch for the statistics of one bucket step */
+    size_t statscap;
     gcd_coord *coord; /* node 0 only */
     policy_slot pol[MAX_POLICIES];
     int npol;
@@ -257,6 +260,36 @@ static bool spec_equal(const gk_spec *a, const gk_spec *b)
            memcmp(a->v, b->v, sizeof(a->v)) == 0;
 }
 
+/* One line of the decision log: {"step", "bucket", "layer", "old", "new", "why"}, in
+   memory for gcompctl policy log and in the --decision-log file. A NULL spec is "none";
+   `first` means the layer had no spec before ("old": null). */
+static void log_decision(engine *e, const gcd_bucket *b, size_t i, int64_t step,
+                         const gk_spec *old, bool first, const gk_spec *now, const char *why)
+{
+    gcd *d = e->d;
+    char o[512] = "none", n[512] = "none", line[3200], q[4][600];
+    if (old)
+        gk_spec_format(old, o, sizeof(o));
+    if (now)
+        gk_spec_format(now, n, sizeof(n));
+    gcd_json_str(q[0], sizeof(q[0]), b->name);
+    gcd_json_str(q[1], sizeof(q[1]), b->layout.layers[i].name);
+    gcd_json_str(q[2], sizeof(q[2]), why);
+    gcd_json_str(q[3], sizeof(q[3]), n);
+    char oq[600] = "null";
+    if (!first)
+        gcd_json_str(oq, sizeof(oq), o);
+    snprintf(line, sizeof(line), "{\"step\":%lld,\"bucket\":%s,\"layer\":%s,\"old\":%s,\"new\":%s,\"why\":%s}",
+             (long long)step, q[0], q[1], oq, q[3], q[2]);
+    if (e->declog)
+        fprintf(e->declog, "%s\n", line);
+    pthread_mutex_lock(&d->mu);
+    size_t slot = d->declog_total++ % GCD_DECLOG_LINES;
+    free(d->declog[slot]);
+    d->declog[slot] = strdup(line);
+    pthread_mutex_unlock(&d->mu);
+}
+
 /* Ask the policy for every layer's spec; reset state where the codec changed. */
 static int decide_layers(engine *e, gcd_bucket *b, int64_t step, int *ncompressed)
 {
@@ -275,6 +308,9 @@ static int decide_layers(engine *e, gcd_bucket *b, int64_t step, int *ncompresse
         const gk_codec *c = s.codec;
         bool comp = l->geom.ndim >= 2 && (long)l->geom.numel >= s.min_elements &&
                     (!c->compresses || c->compresses(&s, &l->geom));
+        if (!l->has_spec || comp != l->compressed || (comp && !spec_equal(&l->spec, &s)))
+            log_decision(e, b, i, step, l->has_spec ? (l->compressed ? &l->spec : NULL) : NULL,
+                         !l->has_spec, comp ? &s : NULL, why);
         if (l->has_spec && (!spec_equal(&l->spec, &s) || !comp)) {
             if (l->spec.codec != c || !comp)
                 eng_layer_reset(l->spec.codec, l);
@@ -478,18 +514,13 @@ out:
     return rc;
 }
 
-/* Compressed layers: x = (ef ? x : 0) + W * (node's share in res), then each group's
-   phases. */
-static int exchange_compressed(engine *e, gcd_bucket *b, int64_t step, size_t *payload)
+/* Compressed layers' codec input: x = (ef ? x : 0) + W * (the node's share in res),
+   i.e. the node's gradient (its trainers' mean) plus the residual. */
+static void prepare_compressed(engine *e, gcd_bucket *b)
 {
-    gcd *d = e->d;
     gcd_engine_bucket *eb = b->eng;
-    size_t nl = b->layout.n;
-    size_t *idx = malloc(nl * sizeof(size_t));
-    bool *done = calloc(nl, sizeof(bool));
-    int rc = idx && done ? GCOMP_OK : GCOMP_NOMEM;
-    float W = (float)d->nodes;
-    for (size_t i = 0; i < nl && !rc; i++) {
+    float W = (float)e->d->nodes;
+    for (size_t i = 0; i < b->layout.n; i++) {
         eng_layer *l = &eb->layers[i];
         if (!l->compressed)
             continue;
@@ -502,6 +533,16 @@ static int exchange_compressed(engine *e, gcd_bucket *b, int64_t step, size_t *p
                 l->x[k] = W * g[k];
         l->payload = 0;
     }
+}
+
+/* Each group of compressed layers (one spec) runs its codec's phases. */
+static int exchange_compressed(engine *e, gcd_bucket *b, int64_t step, size_t *payload)
+{
+    gcd_engine_bucket *eb = b->eng;
+    size_t nl = b->layout.n;
+    size_t *idx = malloc(nl * sizeof(size_t));
+    bool *done = calloc(nl, sizeof(bool));
+    int rc = idx && done ? GCOMP_OK : GCOMP_NOMEM;
     for (size_t i = 0; i < nl && !rc; i++) {
         if (!eb->layers[i].compressed || done[i])
             continue;
@@ -602,18 +643,131 @@ static void record(engine *e, gcd_bucket *b, int64_t step, size_t payload, doubl
     free(text);
 }
 
+/* The policy's numbers for every layer of the bucket, on this node's data: g is the
+   node's gradient (W * its share in res), x the codec's input (g for dense layers). */
+static int collect_layers(engine *e, gcd_bucket *b, gp_instance *p, int64_t step, double *vec)
+{
+    gcd_engine_bucket *eb = b->eng;
+    int ns = p->policy->nstats;
+    float W = (float)e->d->nodes;
+    for (size_t i = 0; i < b->layout.n; i++) {
+        eng_layer *l = &eb->layers[i];
+        float *g = scratch(&e->buf, &e->bufcap, l->geom.numel * sizeof(float));
+        if (!g)
+            return GCOMP_NOMEM;
+        const float *res = b->res + b->layout.layers[i].offset;
+        for (size_t k = 0; k < l->geom.numel; k++)
+            g[k] = W * res[k];
+        gp_layer pl = {.bucket = b->name, .name = b->layout.layers[i].name, .index = (int)i,
+                       .geom = l->geom};
+        int rc = p->policy->collect(p->state, &pl, step, g, l->compressed ? l->x : g,
+                                    vec + i * (size_t)ns);
+        if (rc)
+            return rc;
+    }
+    return GCOMP_OK;
+}
+
+/* Average the step's statistics over the nodes (one small allreduce) and hand them to
+   the policy; then publish its batch-size advice. */
+enum { TAIL_STEP_MS, TAIL_XCHG_MS, TAIL_SAMPLES, TAIL_LR, TAIL_HAS_LR, TAIL_HAS_SAMPLES, TAIL_N };
+
+static int observe_step(engine *e, gcd_bucket *b, gp_instance *p, int64_t step, double *vec,
+                        double exchange_ms)
+{
+    gcd *d = e->d;
+    gcd_engine_bucket *eb = b->eng;
+    size_t nl = b->layout.n, ns = (size_t)p->policy->nstats, tail = nl * ns + nl;
+    gp_hints h = {0};
+    pthread_mutex_lock(&d->mu);
+    h.lr = d->hints.lr;
+    h.has_lr = d->hints.has_lr;
+    h.has_samples = d->hints.has_samples;
+    for (int t = 0; t < d->trainers; t++)
+        h.samples += d->hints.samples[t];
+    h.epochs = d->hints.epochs;
+    h.step = d->hints.step;
+    pthread_mutex_unlock(&d->mu);
+    for (size_t i = 0; i < nl; i++)
+        vec[nl * ns + i] = (double)eb->layers[i].payload;
+    vec[tail + TAIL_STEP_MS] = eb->t_prev_ready > 0 ? (eb->t_ready - eb->t_prev_ready) * 1e3 : 0.0;
+    vec[tail + TAIL_XCHG_MS] = exchange_ms;
+    vec[tail + TAIL_SAMPLES] = (double)h.samples;
+    vec[tail + TAIL_LR] = h.lr;
+    vec[tail + TAIL_HAS_LR] = h.has_lr;
+    vec[tail + TAIL_HAS_SAMPLES] = h.has_samples;
+    int rc = d->transport.ops->allreduce_f64(&d->transport, vec, tail + TAIL_N);
+    if (rc)
+        return rc;
+    double inv = 1.0 / d->nodes;
+    for (size_t k = 0; k < tail + TAIL_N; k++)
+        if (k != tail + TAIL_SAMPLES)
+            vec[k] *= inv;
+    /* Every node now holds the same numbers; so are the hints the policy sees. */
+    h.samples = (int64_t)vec[tail + TAIL_SAMPLES];
+    h.lr = vec[tail + TAIL_LR];
+    h.has_lr = vec[tail + TAIL_HAS_LR] == 1.0;
+    h.has_samples = vec[tail + TAIL_HAS_SAMPLES] == 1.0;
+
+    gp_layer *layers = calloc(nl, sizeof(*layers));
+    gk_spec *specs = calloc(nl, sizeof(*specs));
+    bool *comp = calloc(nl, sizeof(*comp));
+    rc = layers && specs && comp ? GCOMP_OK : GCOMP_NOMEM;
+    for (size_t i = 0; i < nl && !rc; i++) {
+        layers[i] = (gp_layer){.bucket = b->name, .name = b->layout.layers[i].name,
+                               .index = (int)i, .geom = eb->layers[i].geom};
+        specs[i] = eb->layers[i].spec;
+        comp[i] = eb->layers[i].compressed;
+    }
+    if (!rc) {
+        gp_step_info info = {.step = step, .bucket = b->name, .nlayers = (int)nl,
+                             .layers = layers, .specs = specs, .compressed = comp,
+                             .payload = vec + nl * ns, .stats = vec,
+                             .step_ms = vec[tail + TAIL_STEP_MS],
+                             .exchange_ms = vec[tail + TAIL_XCHG_MS], .nodes = d->nodes,
+                             .hints = &h};
+        if (p->policy->observe)
+            rc = p->policy->observe(p->state, &info);
+    }
+    gp_advice adv;
+    if (!rc && p->policy->advice && p->policy->advice(p->state, &adv) == GCOMP_OK) {
+        pthread_mutex_lock(&d->mu);
+        d->advice_batch = adv.batch_size;
+        d->advice_lr_scale = adv.lr_scale;
+        d->advice_step = adv.step;
+        pthread_mutex_unlock(&d->mu);
+    }
+    free(layers);
+    free(specs);
+    free(comp);
+    return rc;
+}
+
 /* Run one agreed bucket step and hand the result to the trainers. */
 static int run_bucket(engine *e, gcd_bucket *b, int64_t step)
 {
     double t0 = gcd_now_s();
     int ncomp = 0;
     size_t payload = 0;
-    int rc = decide_layers(e, b, step, &ncomp);
+    gp_instance *p = policy_at(e, step);
+    bool observing = p->policy->collect || p->policy->observe || p->policy->advice;
+    size_t nvec = b->layout.n * ((size_t)p->policy->nstats + 1) + TAIL_N;
+    double *vec = observing ? scratch((void **)&e->stats, &e->statscap, nvec * sizeof(double)) : NULL;
+    int rc = observing && !vec ? GCOMP_NOMEM : decide_layers(e, b, step, &ncomp);
+    if (!rc && ncomp)
+        prepare_compressed(e, b);
+    if (!rc && observing) {
+        memset(vec, 0, nvec * sizeof(double));
+        if (p->policy->collect && p->policy->nstats > 0)
+            rc = collect_layers(e, b, p, step, vec);
+    }
     if (!rc)
         rc = exchange_dense(e, b, ncomp, &payload);
     if (!rc && ncomp)
         rc = exchange_compressed(e, b, step, &payload);
     double t1 = gcd_now_s();
+    if (!rc && observing)
+        rc = observe_step(e, b, p, step, vec, (t1 - t0) * 1e3);
     char msg[640] = "";
     if (rc) {
         /* The collectives of the nodes are now out of step: nothing can be trusted. */
@@ -621,7 +775,7 @@ static int run_bucket(engine *e, gcd_bucket *b, int64_t step)
                  b->name, (long long)step, e->d->node, gcomp_strerror(rc));
         gcd_log_error("%s", msg);
     }
-    record(e, b, step, payload, (t0 - b->eng->t_ready) * 1e3 - 0, (t1 - t0) * 1e3,
+    record(e, b, step, payload, (t0 - b->eng->t_ready) * 1e3, (t1 - t0) * 1e3,
            (t1 - b->eng->t_ready) * 1e3, rc);
     to_loop(e->d, GCD_EV_COMPLETE, b->id, step, rc, 0, msg);
     return rc;
@@ -687,6 +841,30 @@ static void fail_everything(gcd *d, int status, const char *why)
     gcd_sessions_wake(d);
 }
 
+/* A gcompctl query for the policy in force (e.g. perfmodel's whatif), answered here:
+   it reads the policy's state, which only this thread touches. */
+static void answer_query(engine *e, const gcd_event *ev)
+{
+    gp_instance *p = e->pol[e->npol - 1].p;
+    char args[1024], *argv[32], *save = NULL;
+    int argc = 0;
+    snprintf(args, sizeof(args), "%s", ev->text);
+    for (char *t = strtok_r(args, "\n", &save); t && argc < 32; t = strtok_r(NULL, "\n", &save))
+        argv[argc++] = t;
+    static char out[64 * 1024];
+    int rc;
+    if (!p->policy->query) {
+        snprintf(out, sizeof(out), "policy '%s' answers no queries%s", p->policy->name,
+                 argc && strcmp(argv[0], "whatif") == 0 ? " (whatif needs --policy perfmodel)" : "");
+        rc = GCOMP_NOT_FOUND;
+    } else {
+        out[0] = '\0';
+        rc = p->policy->query(p->state, argc, (const char *const *)argv, ev->status, out,
+                              sizeof(out));
+    }
+    to_loop(e->d, GCD_EV_CTL_REPLY, 0, 0, rc, ev->ctl_id, out);
+}
+
 /* Take the loop's events and build this cycle's report. */
 static int build_report(engine *e, report_build *rb, bool *shutdown)
 {
@@ -717,6 +895,7 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
                 break;
             }
             eb->ready_step = ev->step;
+            eb->t_prev_ready = eb->t_ready;
             eb->t_ready = gcd_now_s();
             int rc = local_sum(d, b, err, sizeof(err));
             if (rc) {
@@ -760,6 +939,9 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
         }
         case GCD_EV_SHUTDOWN:
             *shutdown = true;
+            break;
+        case GCD_EV_QUERY:
+            answer_query(e, ev);
             break;
         default:
             break;
@@ -953,6 +1135,15 @@ int gcd_engine_run(gcd *d)
         gcd_log_error("%s", err);
         return GCOMP_INVALID;
     }
+    gcd_stats tmp;
+    if (gcd_stats_open(&tmp, d->cfg.decision_log, d->node, err, sizeof(err))) {
+        gcd_log_error("decision log: %s", err);
+        gp_instance_destroy(p0);
+        return GCOMP_IO;
+    }
+    e.declog = tmp.file;
+    if (e.declog)
+        setvbuf(e.declog, NULL, _IOLBF, 0);
     e.pol[0] = (policy_slot){.from_step = INT64_MIN, .p = p0};
     e.npol = 1;
     if (d->node == 0 && !(e.coord = gcd_coord_new(d->nodes))) {
@@ -985,6 +1176,9 @@ int gcd_engine_run(gcd *d)
     for (int i = 0; i < e.npol; i++)
         gp_instance_destroy(e.pol[i].p);
     gcd_coord_free(e.coord);
+    if (e.declog)
+        fclose(e.declog);
+    free(e.stats);
     free(e.asks);
     free(e.buf);
     free(e.buf2);

@@ -3,6 +3,7 @@
  * start the loop thread for the sockets, and run the engine on this thread until the
  * job shuts down (gcompctl shutdown, SIGTERM or SIGINT on any node).
  */
+#include <cblas.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,9 @@ static void *signal_thread(void *arg)
 int main(int argc, char **argv)
 {
     static gcd d;
+    /* Codecs call BLAS on the engine thread; OpenBLAS's own threads would compete with
+       the node's trainers for cores and spin on small products. */
+    openblas_set_num_threads(1);
     char err[1024];
     int rc = gcd_config_load(argc, argv, &d.cfg, err, sizeof(err));
     if (rc == 1) {

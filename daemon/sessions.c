@@ -108,6 +108,12 @@ static int send_daemon_msg(gcd_session *s, Gcomp__DaemonMsg *m, const int *fds, 
 static void send_complete(gcd_session *s, uint32_t bucket, int64_t step, int status, const char *error)
 {
     Gcomp__Complete c = GCOMP__COMPLETE__INIT;
+    gcd *d = s->d;
+    pthread_mutex_lock(&d->mu);
+    c.advice_batch = d->advice_batch;
+    c.advice_lr_scale = d->advice_lr_scale;
+    c.advice_step = d->advice_step;
+    pthread_mutex_unlock(&d->mu);
     c.bucket_id = bucket;
     c.step = step;
     c.status = status;
@@ -261,11 +267,15 @@ static void on_hint(gcd_session *s, const Gcomp__Hint *h)
     pthread_mutex_lock(&d->mu);
     d->hints.count++;
     d->hints.step = h->step;
-    if (h->fields & GCOMP_HINT_LR)
+    if (h->fields & GCOMP_HINT_LR) {
         d->hints.lr = h->lr;
-    if (h->fields & GCOMP_HINT_SAMPLES)
-        d->hints.samples = h->samples;
-    if ((h->fields & GCOMP_HINT_EPOCH_END) && h->epoch_end)
+        d->hints.has_lr = true;
+    }
+    if (h->fields & GCOMP_HINT_SAMPLES) {
+        d->hints.samples[s->slot] = h->samples;
+        d->hints.has_samples = true;
+    }
+    if ((h->fields & GCOMP_HINT_EPOCH_END) && h->epoch_end && s->slot == 0)
         d->hints.epochs++;
     pthread_mutex_unlock(&d->mu);
 }

@@ -174,6 +174,19 @@ typedef struct gcomp_hints {
 /* Send hints to the daemon (asynchronous, no reply). */
 int gcomp_hint(gcomp_client *c, const gcomp_hints *h);
 
+/* A policy's batch-size advice (Accordion's batch_low/batch_high). */
+typedef struct gcomp_advice {
+    int64_t batch_size; /* use this batch size from now on */
+    double lr_scale;    /* and scale the learning rate by this */
+    int64_t step;       /* the step the advice was decided at */
+} gcomp_advice;
+
+/*
+ * The latest batch-size advice, which arrives with every completed step. Returns
+ * GCOMP_NOT_FOUND when the policy in force gives none.
+ */
+int gcomp_advice_get(const gcomp_client *c, gcomp_advice *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -34,6 +34,7 @@ struct gcomp_bucket {
 
 struct gcomp_client {
     int fd;
+    gcomp_advice advice; /* latest from a completion; batch_size 0: none */
     int node, nodes;
     int lost; /* the daemon connection is gone */
     int reply_timeout_ms;
@@ -147,6 +148,9 @@ static int recv_one(gcomp_client *c, int timeout_ms, Gcomp__DaemonMsg **out, int
     }
     if (m->msg_case == GCOMP__DAEMON_MSG__MSG_COMPLETE) {
         Gcomp__Complete *cm = m->complete;
+        c->advice = (gcomp_advice){.batch_size = cm->advice_batch,
+                                   .lr_scale = cm->advice_lr_scale,
+                                   .step = cm->advice_step};
         gcomp_bucket *b = find_bucket(c, cm->bucket_id);
         if (b && b->in_flight && cm->step == b->step) {
             b->done = 1;
@@ -490,6 +494,16 @@ int gcomp_wait(gcomp_bucket *b, int timeout_ms)
     b->in_flight = 0;
     if (b->status)
         return set_error(c, b->status, "%s", b->error);
+    return GCOMP_OK;
+}
+
+int gcomp_advice_get(const gcomp_client *c, gcomp_advice *out)
+{
+    if (!c || !out)
+        return GCOMP_INVALID;
+    if (c->advice.batch_size <= 0)
+        return GCOMP_NOT_FOUND;
+    *out = c->advice;
     return GCOMP_OK;
 }
 

@@ -100,6 +100,15 @@ out:
     return rc;
 }
 
+static int mpi_allreduce_f64(gcd_transport *t, double *buf, size_t n)
+{
+    (void)t;
+    return MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) ==
+                   MPI_SUCCESS
+               ? GCOMP_OK
+               : GCOMP_IO;
+}
+
 static int mpi_allgather_u64(gcd_transport *t, uint64_t value, uint64_t *out)
 {
     (void)t;
@@ -244,6 +253,7 @@ const gcd_transport_ops gcd_transport_mpi = {
     .init = mpi_init,
     .allreduce = mpi_allreduce,
     .allgatherv = mpi_allgatherv,
+    .allreduce_f64 = mpi_allreduce_f64,
     .allgather_u64 = mpi_allgather_u64,
     .gather_report = mpi_gather_report,
     .bcast_decision = mpi_bcast_decision,

@@ -28,6 +28,8 @@ typedef struct gcd_transport_ops {
        bytes), for counts that every node passes identically. Never NULL. */
     int (*allgatherv)(gcd_transport *t, const void *send, size_t bytes, void *recv,
                       const size_t *counts, const size_t *displs);
+    /* Sum n doubles over all nodes, in place (policy statistics, probes). Never NULL. */
+    int (*allreduce_f64)(gcd_transport *t, double *buf, size_t n);
     /* Every node contributes one uint64; out[w] = node w's value. Never NULL. */
     int (*allgather_u64)(gcd_transport *t, uint64_t value, uint64_t *out);
     /* Node 0 receives each other node's report (variable bytes); reports[w] is malloc'd

@@ -87,6 +87,16 @@ class Hints(ctypes.Structure):
     ]
 
 
+class Advice(ctypes.Structure):
+    """struct gcomp_advice."""
+
+    _fields_ = [
+        ("batch_size", ctypes.c_int64),
+        ("lr_scale", ctypes.c_double),
+        ("step", ctypes.c_int64),
+    ]
+
+
 _client_p = ctypes.c_void_p
 _bucket_p = ctypes.c_void_p
 
@@ -110,6 +120,7 @@ _PROTOTYPES = {
     "gcomp_submit": (ctypes.c_int, [_bucket_p, ctypes.c_int64]),
     "gcomp_wait": (ctypes.c_int, [_bucket_p, ctypes.c_int]),
     "gcomp_hint": (ctypes.c_int, [_client_p, ctypes.POINTER(Hints)]),
+    "gcomp_advice_get": (ctypes.c_int, [_client_p, ctypes.POINTER(Advice)]),
 }
 
 _LIB_NAME = "libgcomp-client.so"

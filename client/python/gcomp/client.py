@@ -215,6 +215,18 @@ class Client:
         if rc != 0:
             raise self._error(rc, f"sending hints for step {step}")
 
+    def advice(self):
+        """The policy's latest batch-size advice as a dict (batch_size, lr_scale, step),
+        or None when the policy gives none. It arrives with every completed step."""
+        self._check_open()
+        a = _lib.Advice()
+        rc = self._lib.gcomp_advice_get(self._handle, ctypes.byref(a))
+        if rc == Status.NOT_FOUND:
+            return None
+        if rc != 0:
+            raise self._error(rc, "reading the batch-size advice")
+        return {"batch_size": a.batch_size, "lr_scale": a.lr_scale, "step": a.step}
+
 
 class Bucket:
     """A registered bucket (created by :meth:`Client.register`).
