@@ -1125,12 +1125,54 @@ static int cycle(engine *e, bool *shutdown_asked)
     return done;
 }
 
+/*
+ * Measure the transport once at start-up for the policies (gp_env): latency from 4-byte
+ * allreduces (alpha = t / (p - 1), as algorithms.md 3.6 says), bandwidth from a 16 MiB
+ * one (T = 2 alpha (p-1) + 2 b (p-1) / (p BW)). Averaged over the nodes, so every node
+ * models the same.
+ */
+static void probe_network(engine *e)
+{
+    gcd *d = e->d;
+    gcd_transport *t = &d->transport;
+    int p = d->nodes;
+    if (p < 2)
+        return;
+    enum { SMALL_REPS = 20, LARGE_REPS = 3 };
+    size_t n = 4u << 20; /* floats: 16 MiB */
+    float one = 0.0f, *big = calloc(n, sizeof(float));
+    if (!big)
+        return;
+    double t0 = gcd_now_s();
+    for (int i = 0; i < SMALL_REPS; i++)
+        t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, &one, 1);
+    double t_small = (gcd_now_s() - t0) / SMALL_REPS * 1e3;
+    t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, big, n); /* first touch */
+    t0 = gcd_now_s();
+    for (int i = 0; i < LARGE_REPS; i++)
+        t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, big, n);
+    double t_large = (gcd_now_s() - t0) / LARGE_REPS * 1e3;
+    free(big);
+    double v[2] = {t_small, t_large};
+    if (t->ops->allreduce_f64(t, v, 2))
+        return;
+    t_small = v[0] / p;
+    t_large = v[1] / p;
+    e->env.alpha_ms = t_small / (p - 1);
+    double wire = t_large - 2.0 * e->env.alpha_ms * (p - 1);
+    double bytes = (double)n * sizeof(float);
+    e->env.bw_bytes_ms = 2.0 * bytes * (p - 1) / (p * (wire > 0 ? wire : t_large));
+    gcd_log_info("network probe: latency %.4f ms, bandwidth %.2f GB/s", e->env.alpha_ms,
+                 e->env.bw_bytes_ms * 1e-6);
+}
+
 int gcd_engine_run(gcd *d)
 {
     engine e = {.d = d};
     char err[1024];
     gp_instance *p0;
     e.env = (gp_env){.nodes = d->nodes, .trainers = d->total_trainers, .seed = d->cfg.seed};
+    probe_network(&e);
     if (gp_instance_create(d->cfg.policy, &e.env, &p0, err, sizeof(err))) {
         gcd_log_error("%s", err);
         return GCOMP_INVALID;
