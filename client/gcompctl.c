@@ -29,6 +29,9 @@ static void usage(FILE *out)
             "                    predicted step time per codec on such a cluster, from the\n"
             "                    constants the perfmodel policy measured (B: 10gbit, 25gbps...)\n"
             "  query ARGS...     any other question for the policy in force\n"
+            "  checkpoint save DIR\n"
+            "                    every node saves its error feedback, codec and policy state\n"
+            "                    at the same point (restart with gcompd --restore DIR)\n"
             "  shutdown          stop every daemon of the job\n\n"
             "PATH defaults to $GCOMP_CTL (a daemon's DIR/node{k}.ctl).\n");
 }
@@ -68,6 +71,21 @@ int main(int argc, char **argv)
         snprintf(cmd, sizeof(cmd), "policy-%s", args[0]);
         args++;
         nargs--;
+    } else if (strcmp(argv[a], "checkpoint") == 0) {
+        if (nargs != 2 || strcmp(args[0], "save")) {
+            fprintf(stderr, "gcompctl: 'checkpoint save DIR'\n");
+            return 2;
+        }
+        static char abs_dir[4096];
+        if (args[1][0] != '/' && getcwd(abs_dir, sizeof(abs_dir) - strlen(args[1]) - 2))
+            strcat(strcat(abs_dir, "/"), args[1]);
+        else
+            snprintf(abs_dir, sizeof(abs_dir), "%s", args[1]);
+        snprintf(cmd, sizeof(cmd), "checkpoint-save");
+        static char *ckargs[1];
+        ckargs[0] = abs_dir;
+        args = ckargs;
+        nargs = 1;
     } else if (strcmp(argv[a], "whatif") == 0) {
         /* The policy answers; the command name travels as the first argument. */
         snprintf(cmd, sizeof(cmd), "query");

@@ -26,6 +26,8 @@ static const struct gcd_key {
     {"decision-log", "", "JSON lines, one per layer whose codec or parameter changes (step,"
                          " bucket, layer, old, new, why), written by node 0; {node} as in"
                          " --stats-file. gcompctl policy log shows the latest either way"},
+    {"restore", "", "start from the checkpoint in this directory (gcompctl checkpoint save"
+                    " DIR): error feedback, codec and policy state"},
     {"timeout-ms", "60000", "a node silent this long during negotiation is reported stalled"},
     {"cycle-ms", "5", "longest wait between negotiation cycles when idle"},
     {"seed", "1", "job seed of the shared random generator"},
@@ -198,7 +200,9 @@ int gcd_config_load(int argc, char **argv, gcd_config *cfg, char *err, size_t er
         copy_value("stats-file", vals[key_index("stats-file")], cfg->stats_file,
                    sizeof(cfg->stats_file), err, errlen) ||
         copy_value("decision-log", vals[key_index("decision-log")], cfg->decision_log,
-                   sizeof(cfg->decision_log), err, errlen))
+                   sizeof(cfg->decision_log), err, errlen) ||
+        copy_value("restore", vals[key_index("restore")], cfg->restore, sizeof(cfg->restore),
+                   err, errlen))
         return GCOMP_INVALID;
     if (!*cfg->job_id) {
         snprintf(err, errlen, "--job-id is required (or GCOMP_JOB_ID)");

@@ -21,7 +21,8 @@ typedef struct gcd_config {
     char policy[512];     /* policy spec; --codec SPEC becomes "static:codec=SPEC" */
     char transport[32];
     char stats_file[512];
-    char decision_log[512]; /* JSON lines of policy decisions ({node} as in stats_file) */
+    char decision_log[512];
+    char restore[512];      /* checkpoint directory to start from ("" = none) */ /* JSON lines of policy decisions ({node} as in stats_file) */
     int timeout_ms;       /* a node silent this long in a negotiation is reported stalled */
     int cycle_ms;         /* longest wait between negotiation cycles when idle */
     uint64_t seed;        /* job seed for shared randomness */

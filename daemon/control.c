@@ -133,6 +133,21 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
         gcd_log_info("policy switch to '%s' asked", args[0]);
         return 1;
     }
+    if (strcmp(cmd, "checkpoint-save") == 0) {
+        if (nargs != 1 || !args[0][0] || args[0][0] != '/' || strlen(args[0]) > 400) {
+            snprintf(out, len, "checkpoint save takes one absolute directory path");
+            return GCOMP_INVALID;
+        }
+        pthread_mutex_lock(&d->mu);
+        int rc = gcd_queue_push(&d->to_engine, GCD_EV_CHECKPOINT, 0, 0, 0, gcd_session_id(s), args[0]);
+        pthread_cond_signal(&d->cv);
+        pthread_mutex_unlock(&d->mu);
+        if (rc) {
+            snprintf(out, len, "out of memory");
+            return rc;
+        }
+        return 1;
+    }
     if (strcmp(cmd, "query") == 0) {
         char joined[1024] = "";
         size_t n = 0;

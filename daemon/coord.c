@@ -36,6 +36,8 @@ typedef struct policy_req {
 
 struct gcd_coord {
     int nodes;
+    policy_req *ckpt;  /* checkpoint requests (dir, origin), one decided per cycle */
+    size_t nckpt, capckpt;
     pending *pend;
     size_t npend, cappend;
     known *known;
@@ -103,6 +105,9 @@ void gcd_coord_free(gcd_coord *c)
     }
     for (size_t i = 0; i < c->npreq; i++)
         free(c->preq[i].spec);
+    for (size_t i = 0; i < c->nckpt; i++)
+        free(c->ckpt[i].spec);
+    free(c->ckpt);
     free(c->pend);
     free(c->known);
     free(c->preq);
@@ -296,6 +301,14 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
             arr[c->npreq].spec = strdup(r->policy_spec);
             arr[c->npreq++].origin = w;
         }
+        if (r->checkpoint_dir && *r->checkpoint_dir) {
+            policy_req *arr = grow(c->ckpt, &c->capckpt, c->nckpt + 1, sizeof(*arr));
+            if (!arr)
+                return GCOMP_NOMEM;
+            c->ckpt = arr;
+            arr[c->nckpt].spec = strdup(r->checkpoint_dir);
+            arr[c->nckpt++].origin = w;
+        }
         for (size_t i = 0; i < r->n_ready && !rc; i++)
             if (r->ready[i]->status == 0)
                 rc = on_ready(c, w, r->ready[i], dec);
@@ -335,6 +348,12 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
     } else {
         dec->policy_epoch = c->epoch;
     }
+    if (c->nckpt) {
+        dec->checkpoint_dir = c->ckpt[0].spec;
+        dec->checkpoint_origin = c->ckpt[0].origin;
+        memmove(c->ckpt, c->ckpt + 1, (c->nckpt - 1) * sizeof(*c->ckpt));
+        c->nckpt--;
+    }
     return GCOMP_OK;
 }
 
@@ -348,5 +367,7 @@ void gcd_coord_decision_clear(Gcomp__Decision *dec)
     free(dec->run);
     if (dec->policy_spec != protobuf_c_empty_string)
         free(dec->policy_spec);
+    if (dec->checkpoint_dir != protobuf_c_empty_string)
+        free(dec->checkpoint_dir);
     gcomp__decision__init(dec);
 }

@@ -56,6 +56,7 @@ enum gcd_event_kind {
     GCD_EV_POLICY,    /* loop -> engine: policy switch asked (text = spec) by ctl_id */
     GCD_EV_SHUTDOWN,  /* loop -> engine: job-wide shutdown asked */
     GCD_EV_QUERY,     /* loop -> engine: a query for the policy (text = args, '\n'-separated) */
+    GCD_EV_CHECKPOINT,/* loop -> engine: save a checkpoint in text (a directory) */
     GCD_EV_COMPLETE,  /* engine -> loop: bucket's step finished with status/text */
     GCD_EV_CTL_REPLY, /* engine -> loop: answer ctl_id with status/text */
 };

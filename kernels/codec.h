@@ -44,6 +44,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef enum gk_coll {
     GK_COLL_ALLREDUCE_F32 = 0,
@@ -133,6 +134,11 @@ typedef struct gk_codec {
     int (*state_new)(const gk_spec *spec, const gk_layer *layer, void **state);
     /* Free a state from state_new(); NULL is a no-op. May be NULL if state_new is. */
     void (*state_free)(void *state);
+    /* Checkpoints: write the state to f / read it back into a state state_new() made
+       for the same spec and layer. Return 0 or a negative gcomp status. NULL only when
+       state_new is NULL. */
+    int (*state_save)(const void *state, const gk_layer *layer, FILE *f);
+    int (*state_load)(void *state, const gk_layer *layer, FILE *f);
     const gk_codec_impl *ref; /* scalar reference (the test oracle); never NULL */
     const gk_codec_impl *cpu; /* optimised CPU; NULL means use ref */
 } gk_codec;

@@ -109,6 +109,28 @@ static int dgc_ref_decode(const gk_call *call, float *x, const void *const *recv
                                 call->layer->numel);
 }
 
+/* Checkpoints: the momentum u and, with error feedback, the residual r. */
+static int dgc_state_save(const void *state, const gk_layer *layer, FILE *f)
+{
+    const gk_dgc_state *st = state;
+    size_t n = layer->numel;
+    uint8_t has_r = st->r != NULL;
+    bool ok = fwrite(&has_r, 1, 1, f) == 1 && fwrite(st->u, sizeof(float), n, f) == n &&
+              (!st->r || fwrite(st->r, sizeof(float), n, f) == n);
+    return ok ? GCOMP_OK : GCOMP_IO;
+}
+
+static int dgc_state_load(void *state, const gk_layer *layer, FILE *f)
+{
+    gk_dgc_state *st = state;
+    size_t n = layer->numel;
+    uint8_t has_r;
+    if (fread(&has_r, 1, 1, f) != 1 || (has_r != 0) != (st->r != NULL))
+        return GCOMP_PROTOCOL;
+    bool ok = fread(st->u, sizeof(float), n, f) == n && (!st->r || fread(st->r, sizeof(float), n, f) == n);
+    return ok ? GCOMP_OK : GCOMP_PROTOCOL;
+}
+
 static const gk_codec_impl dgc_ref = {.encode = dgc_ref_encode, .decode = dgc_ref_decode};
 
 static const gk_param_desc dgc_params[] = {
@@ -129,6 +151,8 @@ const gk_codec gk_codec_dgc = {
     .max_bytes = gk_sparse_max_bytes_any,
     .state_new = dgc_state_new,
     .state_free = dgc_state_free,
+    .state_save = dgc_state_save,
+    .state_load = dgc_state_load,
     .ref = &dgc_ref,
     .cpu = &gk_dgc_cpu,
 };

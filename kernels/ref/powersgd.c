@@ -294,6 +294,33 @@ static int powersgd_state_new(const gk_spec *spec, const gk_layer *layer, void *
     return GCOMP_OK;
 }
 
+/* Checkpoints: the factors (P, Q, this node's Q) and whether they hold a step's values. */
+static int lowrank_state_save(const void *state, const gk_layer *layer, FILE *f)
+{
+    (void)layer;
+    const gk_lowrank_state *st = state;
+    uint8_t flags[3] = {st->have_p, st->have_q, st->qloc != NULL};
+    bool ok = fwrite(flags, 1, 3, f) == 3 && fwrite(st->p, sizeof(float), st->n * st->r, f) == st->n * st->r &&
+              fwrite(st->q, sizeof(float), st->m * st->r, f) == st->m * st->r &&
+              (!st->qloc || fwrite(st->qloc, sizeof(float), st->m * st->r, f) == st->m * st->r);
+    return ok ? GCOMP_OK : GCOMP_IO;
+}
+
+static int lowrank_state_load(void *state, const gk_layer *layer, FILE *f)
+{
+    (void)layer;
+    gk_lowrank_state *st = state;
+    uint8_t flags[3];
+    if (fread(flags, 1, 3, f) != 3 || (flags[2] != 0) != (st->qloc != NULL))
+        return GCOMP_PROTOCOL;
+    bool ok = fread(st->p, sizeof(float), st->n * st->r, f) == st->n * st->r &&
+              fread(st->q, sizeof(float), st->m * st->r, f) == st->m * st->r &&
+              (!st->qloc || fread(st->qloc, sizeof(float), st->m * st->r, f) == st->m * st->r);
+    st->have_p = flags[0];
+    st->have_q = flags[1];
+    return ok ? GCOMP_OK : GCOMP_PROTOCOL;
+}
+
 static const gk_param_desc powersgd_params[] = {
     {"rank", 1, 1, 1024, true, "rank r of the approximation (r_t = min(n, m, r))"},
     {"warm_start", 1, 0, 1, true, "1: reuse the previous step's Q; 0: a fresh random Q each step"},
@@ -325,6 +352,8 @@ const gk_codec gk_codec_powersgd = {
     .max_bytes = powersgd_max_bytes,
     .state_new = powersgd_state_new,
     .state_free = lowrank_state_free,
+    .state_save = lowrank_state_save,
+    .state_load = lowrank_state_load,
     .ref = &powersgd_ref,
     .cpu = &gk_powersgd_cpu,
 };
@@ -340,6 +369,8 @@ const gk_codec gk_codec_powersgd_unbiased = {
     .max_bytes = unbiased_max_bytes,
     .state_new = lowrank_state_new,
     .state_free = lowrank_state_free,
+    .state_save = lowrank_state_save,
+    .state_load = lowrank_state_load,
     .ref = &unbiased_ref,
     .cpu = &gk_powersgd_unbiased_cpu,
 };

@@ -71,6 +71,8 @@ class Job:
     hostfile: str = None
     keep_going: bool = False
     verbose: bool = False
+    checkpoint: str = None  # save a checkpoint here when the trainers are done
+    restore: str = None     # start the daemons from this checkpoint
 
     @property
     def nodes(self):
@@ -293,6 +295,8 @@ class Launcher:
             argv += ["--timeout-ms", str(job.timeout_ms)]
         if job.seed is not None:
             argv += ["--seed", str(job.seed)]
+        if job.restore:
+            argv += ["--restore", os.path.abspath(job.restore)]
         self._check_signal()
         self.daemons = _Proc("the daemons (mpirun)", argv, self._env(), job.verbose)
 
@@ -348,6 +352,13 @@ class Launcher:
                 return exit_status(rc) or 1
             if pending:
                 time.sleep(_POLL_S)
+        if first_failure is None and self.job.checkpoint:
+            rc, out = self._run_helper("gcompctl checkpoint save",
+                                       self._ctl_argv("checkpoint", "save",
+                                                      os.path.abspath(self.job.checkpoint)), 120.0)
+            if rc != 0:
+                self._log(f"gcompctl checkpoint save failed: {out.strip()}")
+                first_failure = 1
         status = self._shutdown_daemons()
         return first_failure if first_failure is not None else status
 
@@ -518,6 +529,10 @@ def _parser():
                    help="on a trainer failure let the other trainers finish instead of "
                         "stopping the job (the exit status is still the first failure's; "
                         "without effect with --hostfile, where mpirun stops the trainers)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="when every trainer is done, save the daemons' state in DIR "
+                        "(error feedback, codec and policy state) before shutting down")
+    p.add_argument("--restore", metavar="DIR", help="start the daemons from a checkpoint")
     p.add_argument("-v", "--verbose", action="store_true", help="print the commands run")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="the trainer command")
@@ -542,7 +557,8 @@ def main(argv=None, tools=None):
         parser.error("no trainer command given (put it after --)")
     job = Job(command=command, trainers=trainers, codec=args.codec, policy=args.policy,
               stats_file=args.stats_file, timeout_ms=args.timeout_ms, seed=args.seed,
-              hostfile=args.hostfile, keep_going=args.keep_going, verbose=args.verbose)
+              hostfile=args.hostfile, keep_going=args.keep_going, verbose=args.verbose,
+              checkpoint=args.checkpoint, restore=args.restore)
     tools = tools or default_tools()
     try:
         return run_job(job, tools)

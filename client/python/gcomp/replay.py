@@ -37,6 +37,19 @@ def spread(workers, nodes):
     return [base + (1 if k < extra else 0) for k in range(nodes)]
 
 
+def parse_steps(text, steps):
+    """'A:B' -> (A, B) within 0..steps; None -> all steps."""
+    if text is None:
+        return 0, steps
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--steps must be A:B (integers), not {text!r}") from None
+    if not 0 <= a < b <= steps:
+        raise ValueError(f"--steps {text}: need 0 <= A < B <= {steps} (the trace's steps)")
+    return a, b
+
+
 def prepare_out(out, tr):
     """Create OUT and OUT/s{step}; remove a stale OUT/stats.jsonl. Returns the stats path."""
     os.makedirs(out, exist_ok=True)
@@ -63,6 +76,11 @@ def _parser():
     p.add_argument("--seed", type=int, help="daemon random seed")
     p.add_argument("--wait-timeout-ms", type=int, default=120000, metavar="MS",
                    help="how long a worker waits for one bucket (default 120000)")
+    p.add_argument("--steps", metavar="A:B",
+                   help="replay only steps A..B-1 (with --restore, continue a checkpointed run)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="after the last step, save the daemons' state in DIR")
+    p.add_argument("--restore", metavar="DIR", help="start the daemons from a checkpoint")
     p.add_argument("--per-worker", action="store_true",
                    help="every worker also writes what it received to OUT/w{worker}/s{step}/"
                         "{bucket}.npy (to check that every node got the same result)")
@@ -85,6 +103,7 @@ def main(argv=None, tools=None):
         return 1
     try:
         trainers = spread(tr.workers, args.nodes if args.nodes is not None else tr.workers)
+        first, last = parse_steps(args.steps, tr.steps)
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -96,10 +115,12 @@ def main(argv=None, tools=None):
     command = [tools.python, "-m", "gcomp.replay", "--worker", os.path.abspath(args.trace),
                "--out", os.path.abspath(args.out),
                "--wait-timeout-ms", str(args.wait_timeout_ms)] + \
-              (["--per-worker"] if args.per_worker else [])
+              (["--per-worker"] if args.per_worker else []) + \
+              (["--steps", f"{first}:{last}"])
     job = launch.Job(command=command, trainers=trainers, codec=args.codec,
                      policy=args.policy, stats_file=stats, timeout_ms=args.timeout_ms,
-                     seed=args.seed, verbose=args.verbose)
+                     seed=args.seed, verbose=args.verbose, checkpoint=args.checkpoint,
+                     restore=args.restore)
     try:
         status = launch.run_job(job, tools)
     except launch.LaunchError as exc:
@@ -118,10 +139,13 @@ def worker_main(argv):
     p.add_argument("--out", required=True)
     p.add_argument("--wait-timeout-ms", type=int, default=120000)
     p.add_argument("--per-worker", action="store_true")
+    p.add_argument("--steps", required=True)
     args = p.parse_args(argv)
     worker = int(os.environ.get("GCOMP_RANK", "-1"))
     try:
-        run_worker(args.trace, args.out, worker, args.wait_timeout_ms, args.per_worker)
+        first, last = (int(v) for v in args.steps.split(":"))
+        run_worker(args.trace, args.out, worker, args.wait_timeout_ms, args.per_worker,
+                   range(first, last))
     except (trace.TraceError, OSError, ValueError) as exc:
         print(f"gcomp-replay worker {worker}: {exc}", file=sys.stderr)
         return 1
@@ -131,7 +155,7 @@ def worker_main(argv):
     return 0
 
 
-def run_worker(trace_dir, out, worker, wait_timeout_ms, per_worker=False):
+def run_worker(trace_dir, out, worker, wait_timeout_ms, per_worker=False, steps=None):
     """Replay every step of one worker; worker 0 writes the results (every worker
     writes its own too with per_worker)."""
     from .client import Client  # needs the library: only the workers load it
@@ -141,7 +165,7 @@ def run_worker(trace_dir, out, worker, wait_timeout_ms, per_worker=False):
         raise ValueError(f"GCOMP_RANK {worker} is not a worker of the trace (0..{tr.workers - 1})")
     with Client() as client:
         buckets = [(spec, client.register(spec.name, spec.layers)) for spec in tr.buckets]
-        for step in range(tr.steps):
+        for step in steps if steps is not None else range(tr.steps):
             hint = tr.hints.get(step)
             if hint:
                 client.hint(step, **hint)
