@@ -63,6 +63,22 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
     return GCOMP_OK;
 }
 
+/* Hand a request to the engine thread, which answers through GCD_EV_CTL_REPLY: returns
+   1 (the reply comes later) or GCOMP_NOMEM with out saying so. */
+static int to_engine(gcd *d, enum gcd_event_kind kind, uint64_t ctl_id, int status,
+                     const char *text, char *out, size_t len)
+{
+    pthread_mutex_lock(&d->mu);
+    int rc = gcd_queue_push(&d->to_engine, kind, 0, 0, status, ctl_id, text);
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    if (rc) {
+        snprintf(out, len, "out of memory");
+        return rc;
+    }
+    return 1;
+}
+
 int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **args, size_t nargs,
                        int json, char *out, size_t len)
 {
@@ -122,31 +138,15 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
             return GCOMP_INVALID;
         }
         gp_instance_destroy(p);
-        pthread_mutex_lock(&d->mu);
-        int rc = gcd_queue_push(&d->to_engine, GCD_EV_POLICY, 0, 0, 0, gcd_session_id(s), args[0]);
-        pthread_cond_signal(&d->cv);
-        pthread_mutex_unlock(&d->mu);
-        if (rc) {
-            snprintf(out, len, "out of memory");
-            return rc;
-        }
         gcd_log_info("policy switch to '%s' asked", args[0]);
-        return 1;
+        return to_engine(d, GCD_EV_POLICY, gcd_session_id(s), 0, args[0], out, len);
     }
     if (strcmp(cmd, "checkpoint-save") == 0) {
         if (nargs != 1 || !args[0][0] || args[0][0] != '/' || strlen(args[0]) > 400) {
             snprintf(out, len, "checkpoint save takes one absolute directory path");
             return GCOMP_INVALID;
         }
-        pthread_mutex_lock(&d->mu);
-        int rc = gcd_queue_push(&d->to_engine, GCD_EV_CHECKPOINT, 0, 0, 0, gcd_session_id(s), args[0]);
-        pthread_cond_signal(&d->cv);
-        pthread_mutex_unlock(&d->mu);
-        if (rc) {
-            snprintf(out, len, "out of memory");
-            return rc;
-        }
-        return 1;
+        return to_engine(d, GCD_EV_CHECKPOINT, gcd_session_id(s), 0, args[0], out, len);
     }
     if (strcmp(cmd, "query") == 0) {
         char joined[1024] = "";
@@ -158,26 +158,17 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
                                "--bandwidth 10gbit", sizeof(joined) - 1);
             return GCOMP_INVALID;
         }
-        pthread_mutex_lock(&d->mu);
-        int rc = gcd_queue_push(&d->to_engine, GCD_EV_QUERY, 0, 0, json, gcd_session_id(s), joined);
-        pthread_cond_signal(&d->cv);
-        pthread_mutex_unlock(&d->mu);
-        if (rc) {
-            snprintf(out, len, "out of memory");
-            return rc;
-        }
-        return 1;
+        return to_engine(d, GCD_EV_QUERY, gcd_session_id(s), json, joined, out, len);
     }
     if (strcmp(cmd, "shutdown") == 0) {
-        pthread_mutex_lock(&d->mu);
-        int rc = gcd_queue_push(&d->to_engine, GCD_EV_SHUTDOWN, 0, 0, 0, 0, NULL);
-        pthread_cond_signal(&d->cv);
-        pthread_mutex_unlock(&d->mu);
-        snprintf(out, len, rc ? "out of memory" : "shutting the job down\n");
-        return rc;
+        int rc = to_engine(d, GCD_EV_SHUTDOWN, 0, 0, NULL, out, len);
+        if (rc != 1)
+            return rc;
+        snprintf(out, len, "shutting the job down\n");
+        return GCOMP_OK;
     }
     snprintf(out, len, "unknown command '%s'; valid: status, stats, policy-get, policy-set SPEC, "
-                       "policy-log [N], shutdown",
+                       "policy-log [N], checkpoint-save DIR, query ARGS, shutdown",
              cmd);
     return GCOMP_INVALID;
 }
