@@ -4,7 +4,7 @@
 set -eu
 PKGS="gcc pkg-config meson ninja-build openmpi-bin libopenmpi-dev libucx-dev ucx-utils
 libprotobuf-c-dev protobuf-c-compiler libuv1-dev libcmocka-dev libopenblas-dev liblapacke-dev
-python3 python3-numpy python3-pytest procps"
+python3 python3-numpy python3-pytest procps iproute2 util-linux"
 missing=""
 for p in $PKGS; do
     if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != installed ]; then
