@@ -1,0 +1,88 @@
+/*
+ * perfmodel.h: the performance model of the perfmodel policy (algorithms.md 3.6, "On the
+ * utility of gradient compression"), as plain functions so that tests can check them
+ * against hand-computed values. Times are in milliseconds, sizes in bytes, bandwidths in
+ * bytes per millisecond.
+ */
+#ifndef GP_PERFMODEL_H
+#define GP_PERFMODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "codec.h"
+
+/* At most this many candidates besides none. */
+#define GP_PERF_MAX_CANDIDATES 8
+
+/* What collect() measures per layer and candidate (the engine averages it over the
+   nodes): the encode time of all phases, the decode time of the allreduce phases, the
+   decode time of the allgather phases (measured as the only node: it grows with the
+   number of nodes), and the bytes the allgather phases sent (8-byte aligned). */
+enum {
+    GP_PERF_ENCODE_MS = 0,
+    GP_PERF_DECODE_AR_MS = 1,
+    GP_PERF_DECODE_AG_MS = 2,
+    GP_PERF_AG_BYTES = 3,
+    GP_PERF_NSTAT = 4,
+};
+
+/* Numbers collect() writes per layer: GP_PERF_NSTAT per candidate slot, candidate i at
+   i * GP_PERF_NSTAT; slots of absent candidates are 0. */
+#define GP_PERF_NSTATS (GP_PERF_MAX_CANDIDATES * GP_PERF_NSTAT)
+
+/* Ring allreduce of `bytes` over `nodes`: 2 alpha (p - 1) + 2 b (p - 1) / (p BW).
+   0 for fewer than 2 nodes or no bytes; a bandwidth <= 0 counts as unlimited. */
+double gp_perf_predict_allreduce_ms(double bytes, int nodes, double alpha_ms,
+                                    double bw_bytes_ms);
+
+/* Ring allgather of `bytes_per_node` from every node: alpha (p - 1) + b (p - 1) / BW.
+   0 for fewer than 2 nodes; a bandwidth <= 0 counts as unlimited. */
+double gp_perf_predict_allgather_ms(double bytes_per_node, int nodes, double alpha_ms,
+                                    double bw_bytes_ms);
+
+/* The step time of the job: max(g T_comp, overlapped) + serial, where overlapped is the
+   exchange time that runs beside the backward pass (dense buckets but the last) and
+   serial the time that does not (the last bucket, every compressed bucket's encode,
+   exchange and decode). g is gamma when something overlaps, else 1: with nothing beside
+   it the backward pass is not slowed. */
+double gp_perf_predict_step_ms(double t_comp_ms, double gamma, double overlapped_ms,
+                               double serial_ms);
+
+/* The model inverted: the compute time that explains a measured step time given the
+   measured overlapped and serial exchange times, (step - serial) / g, at least 0. With
+   one bucket this is step_ms - exchange_ms. */
+double gp_perf_compute_ms(double step_ms, double gamma, double overlapped_ms,
+                          double serial_ms);
+
+/* Whether the engine compresses the layer under the spec (its rule: at least 2
+   dimensions, min_elements, and the codec's own compresses()). */
+bool gp_perf_compresses(const gk_spec *spec, const gk_layer *layer);
+
+/* What one bucket's exchange costs under one spec. */
+typedef struct gp_perf_cost {
+    double encode_decode_ms; /* encode + decode of the compressed layers, all phases */
+    double comm_ms;          /* the collectives: dense allreduce, then each phase's */
+    double sent_bytes;       /* bytes one node puts into the exchange */
+    int ncompressed;         /* layers the codec takes */
+} gp_perf_cost;
+
+/*
+ * The cost of exchanging a bucket of `nlayers` layers under `spec` (NULL or the codec
+ * none: every layer dense) on `nodes` nodes. Layers the engine sends dense go in one
+ * allreduce of float32; the compressed ones share one collective per phase (allreduce of
+ * max_bytes, exact, or allgather). stats (may be NULL) gives, for layer l, the
+ * GP_PERF_NSTAT numbers measured for this spec at stats + l * stride: encode and decode
+ * times (allgather decode scaled by the number of nodes) and the allgather bytes. Without
+ * stats the allgather bytes are max_bytes and encode/decode counts 0.
+ */
+void gp_perf_bucket_cost(const gk_layer *layers, int nlayers, const gk_spec *spec,
+                         const double *stats, size_t stride, int nodes, double alpha_ms,
+                         double bw_bytes_ms, gp_perf_cost *out);
+
+/* A bandwidth: a number with a unit, bits per second with kbit, mbit, gbit, tbit (or
+   kbps, mbps, gbps, tbps; any case), or a bare number of bytes per second. Writes bytes
+   per millisecond; GCOMP_INVALID if the text is not one of those or not positive. */
+int gp_perf_parse_bandwidth(const char *text, double *bytes_ms);
+
+#endif /* GP_PERFMODEL_H */
