@@ -267,8 +267,14 @@ static int decide_layers(engine *e, gcd_bucket *b, int64_t step, int *ncompresse
             log_decision(e, b, i, step, l->has_spec ? (l->compressed ? &l->spec : NULL) : NULL,
                          !l->has_spec, comp ? &s : NULL, why);
         if (l->has_spec && (!spec_equal(&l->spec, &s) || !comp)) {
-            if (l->spec.codec != c || !comp)
+            if (l->spec.codec != c || !comp) {
                 gcd_eng_layer_reset(l->spec.codec, l);
+            } else if (l->state) {
+                /* Same codec, other parameters (a rank, a density): the state is sized
+                   for the old ones. Keep the residual x, make the state anew below. */
+                c->state_free(l->state);
+                l->state = NULL;
+            }
         }
         l->spec = s;
         l->has_spec = true;
@@ -625,7 +631,10 @@ static int collect_layers(engine *e, gcd_bucket *b, gp_instance *p, int64_t step
 
 /* Average the step's statistics over the nodes (one small allreduce) and hand them to
    the policy; then publish its batch-size advice. */
-enum { TAIL_STEP_MS, TAIL_XCHG_MS, TAIL_SAMPLES, TAIL_LR, TAIL_HAS_LR, TAIL_HAS_SAMPLES, TAIL_N };
+enum {
+    TAIL_STEP_MS, TAIL_XCHG_MS, TAIL_SAMPLES, TAIL_LR, TAIL_HAS_LR, TAIL_HAS_SAMPLES,
+    TAIL_EPOCHS, TAIL_HINT_STEP, TAIL_N
+};
 
 static int observe_step(engine *e, gcd_bucket *b, gp_instance *p, int64_t step, double *vec,
                         double exchange_ms)
@@ -651,6 +660,8 @@ static int observe_step(engine *e, gcd_bucket *b, gp_instance *p, int64_t step, 
     vec[tail + TAIL_LR] = h.lr;
     vec[tail + TAIL_HAS_LR] = h.has_lr;
     vec[tail + TAIL_HAS_SAMPLES] = h.has_samples;
+    vec[tail + TAIL_EPOCHS] = (double)h.epochs;
+    vec[tail + TAIL_HINT_STEP] = (double)h.step;
     int rc = d->transport.ops->allreduce_f64(&d->transport, vec, tail + TAIL_N);
     if (rc)
         return rc;
@@ -663,6 +674,9 @@ static int observe_step(engine *e, gcd_bucket *b, gp_instance *p, int64_t step, 
     h.lr = vec[tail + TAIL_LR];
     h.has_lr = vec[tail + TAIL_HAS_LR] == 1.0;
     h.has_samples = vec[tail + TAIL_HAS_SAMPLES] == 1.0;
+    /* Nodes may see an epoch end a step apart: the floor of the mean is the same on all. */
+    h.epochs = (int64_t)floor(vec[tail + TAIL_EPOCHS]);
+    h.step = (int64_t)floor(vec[tail + TAIL_HINT_STEP]);
 
     gp_layer *layers = calloc(nl, sizeof(*layers));
     gk_spec *specs = calloc(nl, sizeof(*specs));
@@ -711,10 +725,13 @@ static int run_bucket(engine *e, gcd_bucket *b, int64_t step)
     int rc = observing && !vec ? GCOMP_NOMEM : decide_layers(e, b, step, &ncomp);
     if (!rc && ncomp)
         prepare_compressed(e, b);
+    double t_collect = 0.0; /* the policy's own time, not the exchange's */
     if (!rc && observing) {
         memset(vec, 0, nvec * sizeof(double));
+        double tc = gcd_now_s();
         if (p->policy->collect && p->policy->nstats > 0)
             rc = collect_layers(e, b, p, step, vec);
+        t_collect = gcd_now_s() - tc;
     }
     if (!rc)
         rc = exchange_dense(e, b, ncomp, &payload);
@@ -722,7 +739,7 @@ static int run_bucket(engine *e, gcd_bucket *b, int64_t step)
         rc = exchange_compressed(e, b, step, &payload);
     double t1 = gcd_now_s();
     if (!rc && observing)
-        rc = observe_step(e, b, p, step, vec, (t1 - t0) * 1e3);
+        rc = observe_step(e, b, p, step, vec, (t1 - t0 - t_collect) * 1e3);
     char msg[640] = "";
     if (rc) {
         /* The collectives of the nodes are now out of step: nothing can be trusted. */

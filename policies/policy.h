@@ -44,8 +44,11 @@ typedef struct gp_args {
     const char *vals[GP_MAX_ARGS];
 } gp_args;
 
-/* The trainers' latest hints (GCOMP_HINT_*), summed or taken over all trainers of the
-   job; a field is valid when its has_ flag is set. */
+/* The trainers' latest hints (GCOMP_HINT_*), identical on every node: samples summed
+   over the job's trainers, lr averaged over the nodes (for one step after a change it
+   can sit between the old and new values if nodes got the hint at different steps),
+   epochs and step the floor of the nodes' mean. A field is valid when its has_ flag is
+   set. */
 typedef struct gp_hints {
     bool has_lr, has_samples;
     double lr;          /* learning rate of the latest step */

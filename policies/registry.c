@@ -13,16 +13,26 @@
 
 extern const gp_policy gp_policy_static;
 /* Accordion and AdaQS. */
+extern const gp_policy gp_policy_accordion;
+extern const gp_policy gp_policy_adaqs;
 /* GraVAC. */
+extern const gp_policy gp_policy_gravac;
 /* L-GreCo. */
+extern const gp_policy gp_policy_lgreco;
 /* Performance model. */
+extern const gp_policy gp_policy_perfmodel;
 
 const gp_policy *const gp_policies[] = {
     &gp_policy_static,
     /* Accordion and AdaQS. */
+    &gp_policy_accordion,
+    &gp_policy_adaqs,
     /* GraVAC. */
+    &gp_policy_gravac,
     /* L-GreCo. */
+    &gp_policy_lgreco,
     /* Performance model. */
+    &gp_policy_perfmodel,
 };
 
 const int gp_npolicies = sizeof(gp_policies) / sizeof(gp_policies[0]);
