@@ -238,21 +238,25 @@ def test_powersgd_floats_per_step_match_the_paper(build, tmp_path):
                                             263885: 42.3}.get(floats, round(total / floats, 1))
 
 
-@pytest.mark.parametrize("codec", ["powersgd:rank=2", "dgc:density=0.05", "topk:density=0.05"])
+@pytest.mark.parametrize("codec", ["powersgd:rank=2", "dgc:density=0.05", "topk:density=0.05",
+                                   "policy=accordion:codec=powersgd:rank=1,low=2,high=1,interval=2",
+                                   "policy=lgreco:codec=powersgd:rank=2,interval=2"])
 def test_checkpoint_restore_is_bit_identical(build, tmp_path, codec):
     # Steps 0-5 in one run, against steps 0-2, checkpoint, restore, steps 3-5: the outputs
     # after the restart are bit-identical (error feedback, PowerSGD's Q, DGC's momentum).
+    # Policies too: their state (Accordion's accumulators, L-GreCo's choices) is saved.
     grads = random_grads(2, 6, seed=8)
     trace = write_trace(str(tmp_path / "trace"), grads)
     whole, part = tmp_path / "whole", tmp_path / "part"
     ckpt = tmp_path / "ckpt"
-    r = replay(build, trace, whole, "--nodes", "2", "--codec", codec)
+    mode, codec = ("--policy", codec[7:]) if codec.startswith("policy=") else ("--codec", codec)
+    r = replay(build, trace, whole, "--nodes", "2", mode, codec)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = replay(build, trace, part, "--nodes", "2", "--codec", codec, "--steps", "0:3",
+    r = replay(build, trace, part, "--nodes", "2", mode, codec, "--steps", "0:3",
                "--checkpoint", str(ckpt))
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(os.listdir(ckpt)) == ["node0.ckpt", "node1.ckpt"]
-    r = replay(build, trace, part, "--nodes", "2", "--codec", codec, "--steps", "3:6",
+    r = replay(build, trace, part, "--nodes", "2", mode, codec, "--steps", "3:6",
                "--restore", str(ckpt))
     assert r.returncode == 0, r.stderr[-2000:]
     for s in range(6):
@@ -260,6 +264,6 @@ def test_checkpoint_restore_is_bit_identical(build, tmp_path, codec):
             assert np.array_equal(load(part, s, b), load(whole, s, b)), (codec, s, b)
     # Without the restore the state is lost and step 3 differs.
     fresh = tmp_path / "fresh"
-    r = replay(build, trace, fresh, "--nodes", "2", "--codec", codec, "--steps", "3:6")
+    r = replay(build, trace, fresh, "--nodes", "2", mode, codec, "--steps", "3:6")
     assert r.returncode == 0, r.stderr[-2000:]
     assert not np.array_equal(load(fresh, 3, "b0"), load(whole, 3, "b0"))

@@ -49,7 +49,7 @@ POLICIES = ["static:codec=topk:density=0.01,override=fc.*@powersgd:rank=2,start_
             "adaqs:codec=topk:density=0.01,start=0.01,max=0.08",
             "gravac:codec=topk:density=0.1,min=10,max=1000,window=3",
             "lgreco:codec=powersgd:rank=4,interval=6",
-            "perfmodel:candidate=topk:density=0.01,warmup=2,probe=2"]
+            "perfmodel:candidate=topk:density=0.01,warmup=3"]
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.split(":")[0])
@@ -112,3 +112,111 @@ def test_lgreco_low_rank_layer_gets_a_lower_rank(build, tmp_path):
     uniform = 4 * 4 * ((64 + 288) + (128 + 256))
     assert all(r["payload_bytes"] <= uniform for r in recs[5:]), [r["payload_bytes"] for r in recs]
     assert recs[-1]["payload_bytes"] < uniform
+
+
+def test_policy_set_applies_at_the_same_step_on_every_node(build, tmp_path, start_daemons, agents):
+    logs = str(tmp_path / "dl{node}.jsonl")
+    d = start_daemons([1, 1], extra=("--decision-log", logs))
+    a, b = agents("a"), agents("b")
+    for node, ag in enumerate((a, b)):
+        ag.ok("connect", socket=d.sock(node), job_id=d.job_id, local_rank=0, timeout_ms=10000)
+        ag.ok("register", name="b0", layers=[["w", [64, 64]], ["bias", [64]]])
+
+    def steps(first, last):
+        for s in range(first, last):
+            for ag in (a, b):
+                ag.ok("fill", bucket="b0", scale=1.0)
+                ag.ok("submit", bucket="b0", step=s)
+            for ag in (a, b):
+                ag.ok("wait", bucket="b0", timeout_ms=20000)
+
+    steps(0, 3)
+    r = d.gcompctl("policy", "set", "topk:density=0.1", node=1)
+    assert r.returncode == 0, r.stderr
+    applies = int(r.stdout.split("applies from step ")[1].split()[0])
+    assert applies == 3  # the highest step submitted was 2
+    steps(3, 6)
+    assert "topk:density=0.1" in d.gcompctl("policy", "get").stdout
+    res, rc = d.shutdown()
+    assert rc == 0, d.log()
+    per_node = [decisions(logs.format(node=k)) for k in range(2)]
+    assert per_node[0] == per_node[1]
+    switched = [x for x in per_node[0] if x["new"].startswith("topk")]
+    assert [x["step"] for x in switched] == [applies] and switched[0]["layer"] == "w"
+    # gcompctl reads the same log.
+    assert "topk" in per_node[0][-1]["new"]
+
+
+def test_accordion_switches_at_the_norm_drop_and_the_lr_decay(build, tmp_path):
+    # interval=2: checks after steps 1, 3, 5, ... The norm drops 70% from step 4 and the
+    # learning rate decays at step 9, so (per algorithms.md 3.2) conv.weight goes:
+    # low (first intervals) -> high at 4 -> low at 6 (critical) -> high at 8 -> low at 10
+    # (lr decay) -> high at 12.
+    grads = gaussian(2, 14, lambda s: 1.0 if s < 4 else 0.3, seed=5)
+    hints = [{"step": s, "lr": 0.1 if s < 9 else 0.01, "samples": 32} for s in range(14)]
+    out, (d0, d1) = run_policy(build, tmp_path, grads,
+                               "accordion:codec=powersgd:rank=1,low=2,high=1,interval=2", "acc",
+                               hints=hints)
+    assert d0 == d1
+    conv = [(x["step"], int(x["new"].split("rank=")[1].split(",")[0]))
+            for x in d0 if x["layer"] == "conv.weight"]
+    assert conv == [(0, 2), (4, 1), (6, 2), (8, 1), (10, 2), (12, 1)], conv
+    why = {x["step"]: x["why"] for x in d0 if x["layer"] == "conv.weight"}
+    assert "critical" in why[6] and "lr decayed" in why[10], why
+
+
+def test_gravac_scales_up_when_the_gain_grows(build, tmp_path):
+    # Gradients whose energy sits in 0.5% of the elements: compressing harder keeps the
+    # gain near 1, so GraVAC raises the compression factor window after window.
+    rng = np.random.default_rng(6)
+    total = sum(numel(s) for _, s in LAYERS["b0"])
+    support = rng.choice(total, size=total // 200, replace=False)
+
+    def sparse(_):
+        g = 1e-4 * rng.standard_normal(total)
+        g[support] += rng.standard_normal(len(support))
+        return g.astype(np.float32)
+
+    grads = [[{"b0": sparse(s)} for s in range(15)] for _ in range(2)]
+    out, (d0, d1) = run_policy(build, tmp_path, grads,
+                               "gravac:codec=topk,min=10,max=1000,window=3,eps=0.7", "gv")
+    assert d0 == d1
+    dens = [float(x["new"].split("density=")[1].split(",")[0])
+            for x in d0 if x["layer"] == "conv.weight" and x["new"].startswith("topk")]
+    assert dens[0] == pytest.approx(0.1)
+    assert len(dens) >= 3 and dens[-1] <= dens[0] / 4, dens  # scaled up at least twice
+    assert all(b < a for a, b in zip(dens, dens[1:])), dens
+
+
+def perfmodel_choice(build, tmp_path, name, wrap=None):
+    """Replay with perfmodel; return the codecs of the last step's compressible layers."""
+    trace = write_trace(str(tmp_path / f"trace-{name}"), gaussian(2, 10, lambda s: 1.0, seed=7),
+                        LAYERS)
+    out = tmp_path / f"out-{name}"
+    argv = [build.gcomp_replay, trace, "--out", str(out), "--nodes", "2", "--policy",
+            "perfmodel:candidate=topk:density=0.01,warmup=3"]
+    env = build.env(GCOMP_LOG_LEVEL="warning")
+    if wrap:
+        env.update(OMPI_MCA_btl="tcp,self", OMPI_MCA_btl_tcp_if_include="lo",
+                   OMPI_MCA_oob_tcp_if_include="lo")
+        argv = wrap[:-1] + [wrap[-1] + " ".join(f"'{a}'" for a in argv)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = stats(out)[-1]
+    return {l["name"]: l["codec"] for l in last["layers"] if l["name"] != "conv.bias"}
+
+
+def test_perfmodel_compresses_on_a_slow_link_and_not_on_a_fast_one(build, tmp_path):
+    # Fast: shared memory between the emulated nodes. Slow: a private network namespace
+    # whose loopback is shaped to 200 Mbit/s, MPI forced onto TCP.
+    fast = perfmodel_choice(build, tmp_path, "fast")
+    assert set(fast.values()) == {"none"}, fast
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("tc"):
+        pytest.skip("shaping a link needs root, unshare and tc")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no network namespaces here: {probe.stderr.decode().strip()}")
+    shape = ("ip link set lo up && tc qdisc add dev lo root tbf rate 200mbit burst 1mb "
+             "latency 200ms && exec ")
+    slow = perfmodel_choice(build, tmp_path, "slow", wrap=["unshare", "-n", "sh", "-c", shape])
+    assert set(slow.values()) == {"topk"}, slow
