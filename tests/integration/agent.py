@@ -15,6 +15,7 @@ Commands (``op`` and its arguments):
 - ``wait`` bucket, timeout_ms -> elapsed
 - ``check`` bucket, scale: compare result with scale * (1 + i % 13) -> maxerr
 - ``hint`` step, lr, samples, epoch_end
+- ``advice`` -> the policy's batch-size advice (or None)
 - ``close``; ``exit``
 """
 
@@ -65,6 +66,8 @@ def main():
             elif op == "hint":
                 client.hint(cmd["step"], lr=cmd.get("lr"), samples=cmd.get("samples"),
                             epoch_end=cmd.get("epoch_end", False))
+            elif op == "advice":
+                reply["advice"] = client.advice()
             elif op == "close":
                 client.close()
             elif op == "exit":

@@ -220,3 +220,71 @@ def test_perfmodel_compresses_on_a_slow_link_and_not_on_a_fast_one(build, tmp_pa
              "latency 200ms && exec ")
     slow = perfmodel_choice(build, tmp_path, "slow", wrap=["unshare", "-n", "sh", "-c", shape])
     assert set(slow.values()) == {"topk"}, slow
+
+
+def run_agents(d, agents, layers, steps, scale_of_step=lambda s: 1.0, lr_of_step=None):
+    """One agent trainer per node doing `steps` steps of bucket b0; returns the agents."""
+    ags = [agents(f"t{k}") for k in range(d.nodes)]
+    for node, ag in enumerate(ags):
+        ag.ok("connect", socket=d.sock(node), job_id=d.job_id, local_rank=0, timeout_ms=10000)
+        ag.ok("register", name="b0", layers=layers)
+    for s in steps:
+        for ag in ags:
+            if lr_of_step:
+                ag.ok("hint", step=s, lr=lr_of_step(s), samples=32)
+            ag.ok("fill", bucket="b0", scale=scale_of_step(s))
+            ag.ok("submit", bucket="b0", step=s)
+        for ag in ags:
+            ag.ok("wait", bucket="b0", timeout_ms=30000)
+    return ags
+
+
+def test_batch_size_advice_reaches_the_trainers(build, start_daemons, agents):
+    # Accordion's batch advice through the client API (it arrives with every completed
+    # step): batch_low after the first interval, batch_high once the norm is stable,
+    # batch_low again when the learning rate decays.
+    spec = "accordion:codec=powersgd:rank=1,low=2,high=1,interval=2,batch_low=32,batch_high=256"
+    d = start_daemons([1, 1], codec=None, extra=("--policy", spec))
+    ags = [agents(f"t{k}") for k in range(2)]
+    for node, ag in enumerate(ags):
+        ag.ok("connect", socket=d.sock(node), job_id=d.job_id, local_rank=0, timeout_ms=10000)
+        ag.ok("register", name="b0", layers=[["w", [64, 64]]])
+        assert ag.ok("advice")["advice"] is None  # nothing decided yet
+
+    def step(s, lr):
+        for ag in ags:
+            ag.ok("hint", step=s, lr=lr, samples=32)
+            ag.ok("fill", bucket="b0", scale=1.0)
+            ag.ok("submit", bucket="b0", step=s)
+        for ag in ags:
+            ag.ok("wait", bucket="b0", timeout_ms=30000)
+        advice = [ag.ok("advice")["advice"] for ag in ags]
+        assert advice[0] == advice[1]
+        return advice[0]
+
+    step(0, 0.1)
+    first = step(1, 0.1)  # the first check: low
+    assert first["batch_size"] == 32 and first["lr_scale"] == 1.0, first
+    step(2, 0.1)
+    stable = step(3, 0.1)  # the norm did not change: high
+    assert stable["batch_size"] == 256 and stable["lr_scale"] == 8.0, stable
+    decayed = step(4, 0.01)  # LR decay: low until the next check
+    assert decayed["batch_size"] == 32 and decayed["step"] == 4, decayed
+
+
+def test_whatif_answers_from_measured_constants(build, start_daemons, agents):
+    d = start_daemons([1, 1], codec=None,
+                      extra=("--policy", "perfmodel:candidate=topk:density=0.01,warmup=2"))
+    run_agents(d, agents, [["w", [256, 256]], ["b", [256]]], range(0, 8))
+    r = d.gcompctl("whatif", "--nodes", "16", "--bandwidth", "1gbit", node=1)
+    assert r.returncode == 0, r.stderr
+    assert "topk" in r.stdout and "none" in r.stdout, r.stdout
+    j = d.gcompctl("--json", "whatif", "--nodes", "16", "--bandwidth", "100gbit")
+    assert j.returncode == 0, j.stderr
+    assert json.loads(j.stdout)  # machine-readable
+    bad = d.gcompctl("whatif", "--nodes", "zero", "--bandwidth", "1gbit")
+    assert bad.returncode != 0 and "nodes" in bad.stderr
+    # A policy without queries says what to use instead.
+    d2 = start_daemons([1], codec="none")
+    r = d2.gcompctl("whatif", "--nodes", "16", "--bandwidth", "1gbit")
+    assert r.returncode != 0 and "perfmodel" in r.stderr
