@@ -864,8 +864,11 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
             gcd_engine_bucket *eb = eng_bucket(b);
             if (eb && e->saved)
                 gcd_checkpoint_adopt(e, b);
+            /* This step of the bucket is now reported, ready or failed, and waits for
+               its decision: apply_entry() counts it back. */
             if (!eb) {
                 report_add(rb, b->name, ev->step, GCOMP_NOMEM, "out of memory");
+                e->outstanding++;
                 break;
             }
             eb->ready_step = ev->step;
@@ -875,6 +878,7 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
             if (rc) {
                 gcd_log_warn("%s", err);
                 report_add(rb, b->name, ev->step, rc, err);
+                e->outstanding++;
                 break;
             }
             Gcomp__ReadyEntry *en = report_add(rb, b->name, ev->step, 0, NULL);

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -288,3 +289,32 @@ def test_whatif_answers_from_measured_constants(build, start_daemons, agents):
     d2 = start_daemons([1], codec="none")
     r = d2.gcompctl("whatif", "--nodes", "16", "--bandwidth", "1gbit")
     assert r.returncode != 0 and "perfmodel" in r.stderr
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_failed_step_leaves_the_engine_idle(build, start_daemons, agents):
+    # A step failed for non-finite input used to leave the engine's count of undecided
+    # steps at -1: it then never slept and spun negotiation cycles on a full core.
+    d = start_daemons([1, 1], codec="topk:density=0.1")
+    ags = [agents(f"t{k}") for k in range(2)]
+    for node, ag in enumerate(ags):
+        ag.ok("connect", socket=d.sock(node), job_id=d.job_id, local_rank=0, timeout_ms=10000)
+        ag.ok("register", name="b0", layers=[["w", [64, 64]]])
+        ag.ok("fill", bucket="b0", scale=float("nan") if node == 1 else 1.0)
+        ag.ok("submit", bucket="b0", step=0)
+    for ag in ags:
+        r = ag.call("wait", bucket="b0", timeout_ms=20000)
+        assert not r["ok"] and r["name"] == "GCOMP_NONFINITE", r
+    pids = d.daemon_pids()
+    assert len(pids) == 2
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    time.sleep(2.0)
+    used = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+    # Measured: 0.03 s with the fix, 0.46 s on the failing node without it.
+    assert all(u < 0.2 for u in used.values()), f"idle daemons used {used} s of CPU in 2 s"
