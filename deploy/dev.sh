@@ -18,6 +18,7 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
 demo)
+    export GCOMP_LOG_LEVEL="${GCOMP_LOG_LEVEL:-warning}" # the daemons' info lines hide the steps
     exec "$BUILD/deploy/gcomp-run" --nodes 2 --trainers-per-node 2 -- "$BUILD/examples/gcomp-demo" "${1:-10}"
     ;;
 test)
