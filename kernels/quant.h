@@ -26,6 +26,7 @@
 #ifndef GK_QUANT_H
 #define GK_QUANT_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -154,6 +155,80 @@ static inline int gk_check_gather(const gk_call *call, const size_t *bytes, int 
     for (int w = 0; w < nrecv; w++)
         if (bytes[w] != want)
             return GCOMP_PROTOCOL;
+    return GCOMP_OK;
+}
+
+/*
+ * Each payload format's check of what other nodes sent (untrusted bytes): the sizes,
+ * then the header fields a decoder relies on. Shared by the reference and optimised
+ * decoders, so both refuse exactly the same payloads. Return 0 or GCOMP_PROTOCOL.
+ */
+static inline int gk_signsgd_check(const gk_call *call, const void *const *recv,
+                                   const size_t *bytes, int nrecv)
+{
+    if (gk_check_gather(call, bytes, nrecv, gk_signsgd_bytes(call->layer->numel)))
+        return GCOMP_PROTOCOL;
+    for (int w = 0; w < nrecv; w++)
+        if (gk_load_u32(recv[w]) > 1)
+            return GCOMP_PROTOCOL;
+    return GCOMP_OK;
+}
+
+/* A leading non-negative finite float (signnorm's l1 norm, terngrad's scale). */
+static inline int gk_scaled_check(const gk_call *call, const void *const *recv,
+                                  const size_t *bytes, int nrecv, size_t want)
+{
+    if (gk_check_gather(call, bytes, nrecv, want))
+        return GCOMP_PROTOCOL;
+    for (int w = 0; w < nrecv; w++) {
+        float v = gk_load_f32(recv[w]);
+        if (!isfinite(v) || v < 0.0f)
+            return GCOMP_PROTOCOL;
+    }
+    return GCOMP_OK;
+}
+
+static inline int gk_onebit_check(const gk_call *call, const void *const *recv,
+                                  const size_t *bytes, int nrecv)
+{
+    if (gk_check_gather(call, bytes, nrecv, gk_onebit_bytes(call->layer->numel)))
+        return GCOMP_PROTOCOL;
+    for (int w = 0; w < nrecv; w++) {
+        const uint8_t *b = recv[w];
+        if (!isfinite(gk_load_f32(b)) || !isfinite(gk_load_f32(b + 4)))
+            return GCOMP_PROTOCOL;
+    }
+    return GCOMP_OK;
+}
+
+static inline int gk_qsgd_check(const gk_call *call, const void *const *recv,
+                                const size_t *bytes, int nrecv, size_t bucket)
+{
+    size_t d = call->layer->numel, nb = gk_qsgd_buckets(d, bucket);
+    if (gk_check_gather(call, bytes, nrecv, gk_qsgd_bytes(d, bucket)))
+        return GCOMP_PROTOCOL;
+    for (int w = 0; w < nrecv; w++)
+        for (size_t k = 0; k < nb; k++) {
+            float norm = gk_load_f32((const uint8_t *)recv[w] + 4 * k);
+            if (!isfinite(norm) || norm < 0.0f)
+                return GCOMP_PROTOCOL;
+        }
+    return GCOMP_OK;
+}
+
+static inline int gk_maxmin_check(const gk_call *call, const void *const *recv,
+                                  const size_t *bytes, int nrecv, size_t bucket, int bits)
+{
+    size_t d = call->layer->numel, nb = (d + bucket - 1) / bucket;
+    if (gk_check_gather(call, bytes, nrecv, gk_maxmin_bytes(d, bucket, bits)))
+        return GCOMP_PROTOCOL;
+    for (int w = 0; w < nrecv; w++)
+        for (size_t k = 0; k < nb; k++) {
+            const uint8_t *p = (const uint8_t *)recv[w] + 8 * k;
+            float mn = gk_load_f32(p), mx = gk_load_f32(p + 4);
+            if (!isfinite(mn) || !isfinite(mx) || mn > mx)
+                return GCOMP_PROTOCOL;
+        }
     return GCOMP_OK;
 }
 

@@ -45,9 +45,10 @@ size_t gk_sparse_max_bytes_values(const gk_spec *spec, const gk_layer *layer, in
 }
 
 int gk_sparse_check(const gk_call *call, const void *const *recv, const size_t *bytes,
-                    int nrecv, size_t max_count)
+                    int nrecv, size_t max_count, bool *sorted)
 {
     size_t n = call->layer->numel;
+    bool inorder = true;
     if (nrecv != call->nodes || call->node < 0 || call->node >= nrecv || !recv || !bytes)
         return GCOMP_INVALID;
     for (int w = 0; w < nrecv; w++) {
@@ -56,10 +57,17 @@ int gk_sparse_check(const gk_call *call, const void *const *recv, const size_t *
         size_t count = bytes[w] / GK_SPARSE_ENTRY;
         if (count && !recv[w])
             return GCOMP_INVALID;
-        for (size_t j = 0; j < count; j++)
-            if (gk_sparse_idx(recv[w], j) >= n)
+        uint32_t prev = 0;
+        for (size_t j = 0; j < count; j++) {
+            uint32_t i = gk_sparse_idx(recv[w], j);
+            if (i >= n)
                 return GCOMP_PROTOCOL;
+            inorder = inorder && i >= prev;
+            prev = i;
+        }
     }
+    if (sorted)
+        *sorted = inorder;
     return GCOMP_OK;
 }
 
@@ -67,7 +75,7 @@ int gk_sparse_decode_ref(const gk_call *call, float *x, const void *const *recv,
                          const size_t *bytes, int nrecv, float *out, float *const *zero,
                          int nzero, size_t max_count)
 {
-    int rc = gk_sparse_check(call, recv, bytes, nrecv, max_count);
+    int rc = gk_sparse_check(call, recv, bytes, nrecv, max_count, NULL);
     if (rc)
         return rc;
     size_t n = call->layer->numel;

@@ -83,10 +83,11 @@ size_t gk_sparse_max_bytes_values(const gk_spec *spec, const gk_layer *layer, in
  * Check W allgathered segments before they are used: nrecv == call->nodes, each size a
  * multiple of 8 and at most max_count entries, every index < numel. Returns 0, or
  * GCOMP_PROTOCOL for a malformed segment (they come from other nodes), GCOMP_INVALID for
- * a call that breaks the contract.
+ * a call that breaks the contract. If sorted is not NULL it says whether every segment's
+ * indices are non-decreasing, as the encoders write them.
  */
 int gk_sparse_check(const gk_call *call, const void *const *recv, const size_t *bytes,
-                    int nrecv, size_t max_count);
+                    int nrecv, size_t max_count, bool *sorted);
 
 /*
  * The reference allgather decode: out = (1/W) sum_w scatter_add(idx_w, val_w), then

@@ -296,15 +296,8 @@ static int maxmin_cpu_decode(const gk_call *call, float *x, const void *const *r
     int bits = (int)call->spec->v[GK_MAXMIN_BITS];
     unsigned top = (1u << bits) - 1u, b = (unsigned)bits;
     size_t nb = (d + B - 1) / B, bb = gk_maxmin_bucket_bytes(B, bits);
-    if (gk_check_gather(call, bytes, nrecv, gk_maxmin_bytes(d, B, bits)))
+    if (gk_maxmin_check(call, recv, bytes, nrecv, B, bits))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++)
-        for (size_t k = 0; k < nb; k++) {
-            const uint8_t *p = (const uint8_t *)recv[w] + 8 * k;
-            float mn = gk_load_f32(p), mx = gk_load_f32(p + 4);
-            if (!isfinite(mn) || !isfinite(mx) || mn > mx)
-                return GCOMP_PROTOCOL;
-        }
     float lut[256], inv = 1.0f / (float)nrecv;
     for (size_t k = 0; k < nb; k++) {
         size_t lo = k * B, hi = lo + B < d ? lo + B : d;

@@ -99,14 +99,8 @@ static int qsgd_cpu_decode(const gk_call *call, float *x, const void *const *rec
     size_t d = call->layer->numel, B = (size_t)call->spec->v[GK_QSGD_BUCKET];
     int s = (int)call->spec->v[GK_QSGD_LEVELS];
     size_t nb = gk_qsgd_buckets(d, B);
-    if (gk_check_gather(call, bytes, nrecv, gk_qsgd_bytes(d, B)))
+    if (gk_qsgd_check(call, recv, bytes, nrecv, B))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++)
-        for (size_t k = 0; k < nb; k++) {
-            float norm = gk_load_f32((const uint8_t *)recv[w] + 4 * k);
-            if (!isfinite(norm) || norm < 0.0f)
-                return GCOMP_PROTOCOL;
-        }
     /* One pass over out, a bucket at a time: every node's levels are added while the
        bucket is in cache. */
     float inv = 1.0f / (float)nrecv;

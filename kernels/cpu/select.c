@@ -453,40 +453,11 @@ int gk_sel_topk(const float *x, size_t n, size_t k, void *send)
 /* Most segments the chunked decode merges (it keeps a cursor per node on the stack). */
 #define GK_SEL_DECODE_MAXW 64
 
-/*
- * gk_sparse_check() (same checks in the same order, so the same status), which also
- * reports whether every segment's indices are non-decreasing, as encoders write them.
- */
-static int sel_check(const gk_call *call, const void *const *recv, const size_t *bytes,
-                     int nrecv, size_t max_count, bool *sorted)
-{
-    size_t n = call->layer->numel;
-    *sorted = true;
-    if (nrecv != call->nodes || call->node < 0 || call->node >= nrecv || !recv || !bytes)
-        return GCOMP_INVALID;
-    for (int w = 0; w < nrecv; w++) {
-        if (bytes[w] % GK_SPARSE_ENTRY || bytes[w] / GK_SPARSE_ENTRY > max_count)
-            return GCOMP_PROTOCOL;
-        size_t count = bytes[w] / GK_SPARSE_ENTRY;
-        if (count && !recv[w])
-            return GCOMP_INVALID;
-        uint32_t prev = 0;
-        for (size_t j = 0; j < count; j++) {
-            uint32_t i = gk_sparse_idx(recv[w], j);
-            if (i >= n)
-                return GCOMP_PROTOCOL;
-            *sorted = *sorted && i >= prev;
-            prev = i;
-        }
-    }
-    return GCOMP_OK;
-}
-
 int gk_sel_decode(const gk_call *call, float *x, const void *const *recv, const size_t *bytes,
                   int nrecv, float *out, float *const *zero, int nzero, size_t max_count)
 {
     bool sorted;
-    int rc = sel_check(call, recv, bytes, nrecv, max_count, &sorted);
+    int rc = gk_sparse_check(call, recv, bytes, nrecv, max_count, &sorted);
     if (rc)
         return rc;
     size_t n = call->layer->numel;

@@ -134,11 +134,8 @@ static int signsgd_cpu_decode(const gk_call *call, float *x, const void *const *
                               const size_t *bytes, int nrecv, float *out)
 {
     size_t d = call->layer->numel;
-    if (gk_check_gather(call, bytes, nrecv, gk_signsgd_bytes(d)))
+    if (gk_signsgd_check(call, recv, bytes, nrecv))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++)
-        if (gk_load_u32(recv[w]) > 1)
-            return GCOMP_PROTOCOL;
     /* Votes are small integers: exact in float. An abstaining node counts 0 for
        both bit values. */
     const uint8_t *bits[nrecv];
@@ -171,13 +168,8 @@ static int signnorm_cpu_decode(const gk_call *call, float *x, const void *const 
                                const size_t *bytes, int nrecv, float *out)
 {
     size_t d = call->layer->numel;
-    if (gk_check_gather(call, bytes, nrecv, gk_signnorm_bytes(d)))
+    if (gk_scaled_check(call, recv, bytes, nrecv, gk_signnorm_bytes(d)))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++) {
-        float l1 = gk_load_f32(recv[w]);
-        if (!isfinite(l1) || l1 < 0.0f)
-            return GCOMP_PROTOCOL;
-    }
     const uint8_t *bits[nrecv];
     float v1[nrecv], v0[nrecv];
     for (int w = 0; w < nrecv; w++) {
@@ -210,13 +202,8 @@ static int onebit_cpu_decode(const gk_call *call, float *x, const void *const *r
                              const size_t *bytes, int nrecv, float *out)
 {
     size_t d = call->layer->numel;
-    if (gk_check_gather(call, bytes, nrecv, gk_onebit_bytes(d)))
+    if (gk_onebit_check(call, recv, bytes, nrecv))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++) {
-        const uint8_t *b = recv[w];
-        if (!isfinite(gk_load_f32(b)) || !isfinite(gk_load_f32(b + 4)))
-            return GCOMP_PROTOCOL;
-    }
     const uint8_t *bits[nrecv];
     float v1[nrecv], v0[nrecv], inv = 1.0f / (float)nrecv;
     for (int w = 0; w < nrecv; w++) {

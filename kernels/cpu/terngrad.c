@@ -118,13 +118,8 @@ static int terngrad_cpu_decode(const gk_call *call, float *x, const void *const 
 {
     (void)x; /* the residual was taken in encode */
     size_t d = call->layer->numel;
-    if (gk_check_gather(call, bytes, nrecv, gk_terngrad_bytes(d)))
+    if (gk_scaled_check(call, recv, bytes, nrecv, gk_terngrad_bytes(d)))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++) {
-        float s = gk_load_f32(recv[w]);
-        if (!isfinite(s) || s < 0.0f)
-            return GCOMP_PROTOCOL;
-    }
     float inv = 1.0f / (float)nrecv;
     for (size_t lo = 0; lo < d; lo += TERN_CHUNK) {
         size_t len = d - lo < TERN_CHUNK ? d - lo : TERN_CHUNK, full = len / 4;

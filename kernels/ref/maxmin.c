@@ -86,15 +86,8 @@ static int maxmin_ref_decode(const gk_call *call, float *x, const void *const *r
     size_t d = call->layer->numel, B = (size_t)call->spec->v[GK_MAXMIN_BUCKET];
     int bits = (int)call->spec->v[GK_MAXMIN_BITS];
     size_t nb = (d + B - 1) / B;
-    if (gk_check_gather(call, bytes, nrecv, gk_maxmin_bytes(d, B, bits)))
+    if (gk_maxmin_check(call, recv, bytes, nrecv, B, bits))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++)
-        for (size_t k = 0; k < nb; k++) {
-            const uint8_t *p = (const uint8_t *)recv[w] + 8 * k;
-            float mn = gk_load_f32(p), mx = gk_load_f32(p + 4);
-            if (!isfinite(mn) || !isfinite(mx) || mn > mx)
-                return GCOMP_PROTOCOL;
-        }
     for (size_t i = 0; i < d; i++) {
         double acc = 0.0;
         for (int w = 0; w < nrecv; w++)

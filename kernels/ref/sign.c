@@ -53,11 +53,8 @@ static int signsgd_ref_decode(const gk_call *call, float *x, const void *const *
                               const size_t *bytes, int nrecv, float *out)
 {
     size_t d = call->layer->numel;
-    if (gk_check_gather(call, bytes, nrecv, gk_signsgd_bytes(d)))
+    if (gk_signsgd_check(call, recv, bytes, nrecv))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++)
-        if (gk_load_u32(recv[w]) > 1)
-            return GCOMP_PROTOCOL;
     for (size_t i = 0; i < d; i++) {
         long vote = 0;
         for (int w = 0; w < nrecv; w++) {
@@ -91,13 +88,8 @@ static int signnorm_ref_decode(const gk_call *call, float *x, const void *const 
                                const size_t *bytes, int nrecv, float *out)
 {
     size_t d = call->layer->numel;
-    if (gk_check_gather(call, bytes, nrecv, gk_signnorm_bytes(d)))
+    if (gk_scaled_check(call, recv, bytes, nrecv, gk_signnorm_bytes(d)))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++) {
-        float l1 = gk_load_f32(recv[w]);
-        if (!isfinite(l1) || l1 < 0.0f)
-            return GCOMP_PROTOCOL;
-    }
     for (size_t i = 0; i < d; i++) {
         double acc = 0.0;
         for (int w = 0; w < nrecv; w++) {
@@ -139,13 +131,8 @@ static int onebit_ref_decode(const gk_call *call, float *x, const void *const *r
                              const size_t *bytes, int nrecv, float *out)
 {
     size_t d = call->layer->numel;
-    if (gk_check_gather(call, bytes, nrecv, gk_onebit_bytes(d)))
+    if (gk_onebit_check(call, recv, bytes, nrecv))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++) {
-        const uint8_t *b = recv[w];
-        if (!isfinite(gk_load_f32(b)) || !isfinite(gk_load_f32(b + 4)))
-            return GCOMP_PROTOCOL;
-    }
     for (size_t i = 0; i < d; i++) {
         double acc = 0.0;
         for (int w = 0; w < nrecv; w++) {

@@ -61,13 +61,8 @@ static int terngrad_ref_decode(const gk_call *call, float *x, const void *const 
                                const size_t *bytes, int nrecv, float *out)
 {
     size_t d = call->layer->numel;
-    if (gk_check_gather(call, bytes, nrecv, gk_terngrad_bytes(d)))
+    if (gk_scaled_check(call, recv, bytes, nrecv, gk_terngrad_bytes(d)))
         return GCOMP_PROTOCOL;
-    for (int w = 0; w < nrecv; w++) {
-        float s = gk_load_f32(recv[w]);
-        if (!isfinite(s) || s < 0.0f)
-            return GCOMP_PROTOCOL;
-    }
     for (size_t i = 0; i < d; i++) {
         double acc = 0.0;
         for (int w = 0; w < nrecv; w++) {
