@@ -757,11 +757,8 @@ static int run_bucket(engine *e, gcd_bucket *b, int64_t step)
 
 typedef struct report_build {
     Gcomp__NodeReport r;
-    Gcomp__ReadyEntry **entries;
+    Gcomp__ReadyEntry **entries; /* each owns its layout arrays, if it carries one */
     size_t n, cap;
-    Gcomp__Layer *lay_msgs[64];
-    Gcomp__Layer **lay_ptrs[64];
-    int nlay;
 } report_build;
 
 static Gcomp__ReadyEntry *report_add(report_build *rb, const char *bucket, int64_t step,
@@ -790,15 +787,16 @@ static Gcomp__ReadyEntry *report_add(report_build *rb, const char *bucket, int64
 static void report_clear(report_build *rb)
 {
     for (size_t i = 0; i < rb->n; i++) {
-        free(rb->entries[i]->bucket);
-        free(rb->entries[i]->error);
-        free(rb->entries[i]);
+        Gcomp__ReadyEntry *en = rb->entries[i];
+        if (en->n_layers) {
+            free(en->layers[0]); /* the messages' block (gcd_layout_to_proto) */
+            free(en->layers);
+        }
+        free(en->bucket);
+        free(en->error);
+        free(en);
     }
     free(rb->entries);
-    for (int i = 0; i < rb->nlay; i++) {
-        free(rb->lay_msgs[i]);
-        free(rb->lay_ptrs[i]);
-    }
 }
 
 /* Fail every step this node holds (stall, shutdown, broken exchange). */
@@ -871,7 +869,6 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
                 e->outstanding++;
                 break;
             }
-            eb->ready_step = ev->step;
             eb->t_prev_ready = eb->t_ready;
             eb->t_ready = gcd_now_s();
             int rc = local_sum(d, b, err, sizeof(err));
@@ -881,23 +878,21 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
                 e->outstanding++;
                 break;
             }
-            Gcomp__ReadyEntry *en = report_add(rb, b->name, ev->step, 0, NULL);
-            if (en && !b->announced && rb->nlay < 64 &&
-                gcd_layout_to_proto(&b->layout, &rb->lay_msgs[rb->nlay], &rb->lay_ptrs[rb->nlay]) == 0) {
-                en->layers = rb->lay_ptrs[rb->nlay];
-                en->n_layers = b->layout.n;
-                rb->nlay++;
-                b->announced = true;
-            } else if (en && !b->announced) {
-                /* Too many new layouts in one cycle: announce it next cycle. */
-                free(en->bucket);
-                free(en->error);
-                free(en);
-                rb->n--;
-                pthread_mutex_lock(&d->mu);
-                gcd_queue_push(&d->to_engine, GCD_EV_READY, b->id, ev->step, 0, 0, NULL);
-                pthread_mutex_unlock(&d->mu);
-                break;
+            /* The first report of a bucket carries its layout, for the coordinator to
+               compare across nodes. */
+            Gcomp__Layer *msgs, **ptrs;
+            if (!b->announced && gcd_layout_to_proto(&b->layout, &msgs, &ptrs)) {
+                report_add(rb, b->name, ev->step, GCOMP_NOMEM, "out of memory");
+            } else {
+                Gcomp__ReadyEntry *en = report_add(rb, b->name, ev->step, 0, NULL);
+                if (en && !b->announced) {
+                    en->layers = ptrs;
+                    en->n_layers = b->layout.n;
+                    b->announced = true;
+                } else if (!b->announced) {
+                    free(msgs);
+                    free(ptrs);
+                }
             }
             e->outstanding++;
             break;

@@ -25,7 +25,6 @@ typedef struct eng_layer {
 
 typedef struct gcd_engine_bucket {
     eng_layer *layers;
-    int64_t ready_step;
     double t_ready, t_prev_ready, t_sum_ms;
     int skipped;      /* layers whose non-finite input was skipped this step */
 } gcd_engine_bucket;
