@@ -214,7 +214,7 @@ int gcd_checkpoint_read(engine *e, const char *dir, gp_instance **policy)
                  d->node, d->nodes);
         goto out;
     }
-    if (gp_instance_create(spec, &e->env, policy, err, sizeof(err)))
+    if (gcd_engine_make_policy(e, spec, policy, err, sizeof(err)))
         goto out;
     if (has_pstate && (!(*policy)->policy->load || (*policy)->policy->load((*policy)->state, f))) {
         snprintf(err, sizeof(err), "the state of policy '%.200s' does not load", spec);

@@ -975,6 +975,60 @@ static int coordinate(engine *e, void **reports, size_t *lens, uint8_t **out, si
     return rc;
 }
 
+/*
+ * Measure the transport for the policies that model it (gp_env): latency from 4-byte
+ * allreduces (alpha = t / (p - 1), as algorithms.md 3.6 says), bandwidth from a 16 MiB
+ * one (T = 2 alpha (p-1) + 2 b (p-1) / (p BW)). Averaged over the nodes, so every node
+ * models the same.
+ */
+static void probe_network(engine *e)
+{
+    gcd *d = e->d;
+    e->probed = true;
+    gcd_transport *t = &d->transport;
+    int p = d->nodes;
+    if (p < 2)
+        return;
+    enum { SMALL_REPS = 20, LARGE_REPS = 3 };
+    size_t n = 4u << 20; /* floats: 16 MiB */
+    float one = 0.0f, *big = calloc(n, sizeof(float));
+    if (!big)
+        return;
+    double t0 = gcd_now_s();
+    for (int i = 0; i < SMALL_REPS; i++)
+        t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, &one, 1);
+    double t_small = (gcd_now_s() - t0) / SMALL_REPS * 1e3;
+    t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, big, n); /* first touch */
+    t0 = gcd_now_s();
+    for (int i = 0; i < LARGE_REPS; i++)
+        t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, big, n);
+    double t_large = (gcd_now_s() - t0) / LARGE_REPS * 1e3;
+    free(big);
+    double v[2] = {t_small, t_large};
+    if (t->ops->allreduce_f64(t, v, 2))
+        return;
+    t_small = v[0] / p;
+    t_large = v[1] / p;
+    e->env.alpha_ms = t_small / (p - 1);
+    double wire = t_large - 2.0 * e->env.alpha_ms * (p - 1);
+    double bytes = (double)n * sizeof(float);
+    e->env.bw_bytes_ms = 2.0 * bytes * (p - 1) / (p * (wire > 0 ? wire : t_large));
+    gcd_log_info("network probe: latency %.4f ms, bandwidth %.2f GB/s", e->env.alpha_ms,
+                 e->env.bw_bytes_ms * 1e-6);
+}
+
+/* Make the policy a spec names; measure the transport first if it needs the numbers.
+   Every node calls this at the same point (start-up, restore, or the same decided
+   switch), so the probe's collectives stay in step. */
+int gcd_engine_make_policy(engine *e, const char *spec, gp_instance **out, char *err,
+                           size_t errlen)
+{
+    const gp_policy *pol = gp_policy_of_spec(spec);
+    if (pol && pol->uses_network && !e->probed)
+        probe_network(e);
+    return gp_instance_create(spec, &e->env, out, err, errlen);
+}
+
 static int apply_policy(engine *e, const Gcomp__Decision *dec)
 {
     gcd *d = e->d;
@@ -983,7 +1037,7 @@ static int apply_policy(engine *e, const Gcomp__Decision *dec)
     e->epoch = dec->policy_epoch;
     char err[1024], text[1200];
     gp_instance *p = NULL;
-    int rc = gp_instance_create(dec->policy_spec, &e->env, &p, err, sizeof(err));
+    int rc = gcd_engine_make_policy(e, dec->policy_spec, &p, err, sizeof(err));
     if (rc) {
         /* Validated where it was asked; every node fails alike, so keep the old one. */
         snprintf(text, sizeof(text), "policy not switched: %s", err);
@@ -1112,58 +1166,16 @@ static int cycle(engine *e, bool *shutdown_asked)
     return done;
 }
 
-/*
- * Measure the transport once at start-up for the policies (gp_env): latency from 4-byte
- * allreduces (alpha = t / (p - 1), as algorithms.md 3.6 says), bandwidth from a 16 MiB
- * one (T = 2 alpha (p-1) + 2 b (p-1) / (p BW)). Averaged over the nodes, so every node
- * models the same.
- */
-static void probe_network(engine *e)
-{
-    gcd *d = e->d;
-    gcd_transport *t = &d->transport;
-    int p = d->nodes;
-    if (p < 2)
-        return;
-    enum { SMALL_REPS = 20, LARGE_REPS = 3 };
-    size_t n = 4u << 20; /* floats: 16 MiB */
-    float one = 0.0f, *big = calloc(n, sizeof(float));
-    if (!big)
-        return;
-    double t0 = gcd_now_s();
-    for (int i = 0; i < SMALL_REPS; i++)
-        t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, &one, 1);
-    double t_small = (gcd_now_s() - t0) / SMALL_REPS * 1e3;
-    t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, big, n); /* first touch */
-    t0 = gcd_now_s();
-    for (int i = 0; i < LARGE_REPS; i++)
-        t->ops->allreduce(t, GK_COLL_ALLREDUCE_F32, big, n);
-    double t_large = (gcd_now_s() - t0) / LARGE_REPS * 1e3;
-    free(big);
-    double v[2] = {t_small, t_large};
-    if (t->ops->allreduce_f64(t, v, 2))
-        return;
-    t_small = v[0] / p;
-    t_large = v[1] / p;
-    e->env.alpha_ms = t_small / (p - 1);
-    double wire = t_large - 2.0 * e->env.alpha_ms * (p - 1);
-    double bytes = (double)n * sizeof(float);
-    e->env.bw_bytes_ms = 2.0 * bytes * (p - 1) / (p * (wire > 0 ? wire : t_large));
-    gcd_log_info("network probe: latency %.4f ms, bandwidth %.2f GB/s", e->env.alpha_ms,
-                 e->env.bw_bytes_ms * 1e-6);
-}
-
 int gcd_engine_run(gcd *d)
 {
     engine e = {.d = d};
     char err[1024];
     gp_instance *p0;
     e.env = (gp_env){.nodes = d->nodes, .trainers = d->total_trainers, .seed = d->cfg.seed};
-    probe_network(&e);
     p0 = NULL;
     if (d->cfg.restore[0] && gcd_checkpoint_read(&e, d->cfg.restore, &p0))
         return GCOMP_IO;
-    if (!p0 && gp_instance_create(d->cfg.policy, &e.env, &p0, err, sizeof(err))) {
+    if (!p0 && gcd_engine_make_policy(&e, d->cfg.policy, &p0, err, sizeof(err))) {
         gcd_log_error("%s", err);
         return GCOMP_INVALID;
     }

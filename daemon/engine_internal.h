@@ -55,6 +55,7 @@ typedef struct engine {
     ctl_wait *ckpt_asks;  /* checkpoints asked here: to send, then waiting */
     size_t nckpt, sent_ckpt;
     gp_env env;       /* what policies are made with */
+    bool probed;      /* env's transport numbers are measured */
     FILE *declog;     /* the --decision-log file, or NULL */
     double *stats;    /* scratch for the statistics of one bucket step */
     size_t statscap;
@@ -75,6 +76,10 @@ typedef struct engine {
 /* Tell the loop thread (any event kind); the caller holds no lock. */
 void gcd_engine_to_loop(gcd *d, enum gcd_event_kind kind, uint32_t bucket, int64_t step,
                         int status, uint64_t ctl_id, const char *text);
+/* Make the policy a spec names, measuring the transport first when it needs that
+   (gp_policy.uses_network). Call at points every node reaches alike. */
+int gcd_engine_make_policy(engine *e, const char *spec, gp_instance **out, char *err,
+                           size_t errlen);
 /* Free a layer's codec state and error-feedback buffer. */
 void gcd_eng_layer_reset(const gk_codec *c, eng_layer *l);
 

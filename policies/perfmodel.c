@@ -11,7 +11,7 @@
  * every bucket runs dense before its first decision.
  *
  * The constants of the model:
- *  - alpha and BW: gp_env, measured by the engine on the real transport at start-up
+ *  - alpha and BW: gp_env, measured by the engine on the real transport before this policy is made (uses_network)
  *    (0 on one node: nothing is exchanged, so compression never pays);
  *  - encode and decode times and allgather sizes: collect() runs every candidate on
  *    every layer's x (encode and decode timed per phase) every `probe` steps of the
@@ -1033,6 +1033,7 @@ const gp_policy gp_policy_perfmodel = {
     .keys = perf_keys,
     .spec_keys = perf_spec_keys,
     .nstats = GP_PERF_NSTATS,
+    .uses_network = true,
     .create = perf_create,
     .destroy = perf_destroy,
     .decide = perf_decide,

@@ -74,7 +74,8 @@ typedef struct gp_step_info {
     const gp_hints *hints;
 } gp_step_info;
 
-/* The job, and constants the engine measured at start-up on the real transport
+/* The job, and constants the engine measured on the real transport (before create()
+   of a policy with uses_network; 0 otherwise)
    (identical on every node), for policies that model time (perfmodel). */
 typedef struct gp_env {
     int nodes;
@@ -98,6 +99,8 @@ typedef struct gp_policy {
     const char *const *spec_keys;/* those of them whose value is a codec spec (continued
                                     by later non-policy keys), NULL-terminated; may be NULL */
     int nstats;                  /* numbers collect() writes per layer; 0 if none */
+    bool uses_network;           /* reads gp_env's alpha_ms / bw_bytes_ms: the engine
+                                    measures the transport before create() */
     /* Make the policy's state from its arguments (keys are among `keys`). On error
        write a message naming the key to err. Never NULL. */
     int (*create)(const gp_args *args, const gp_env *env, void **state, char *err,
@@ -136,6 +139,9 @@ typedef struct gp_instance {
     void *state;
     char spec[512]; /* the spec as given */
 } gp_instance;
+
+/* The policy a spec names (static for a bare codec spec); NULL if none. */
+const gp_policy *gp_policy_of_spec(const char *spec);
 
 /* Parse a spec and make the policy. Errors list the valid policies, codecs or keys.
    env may be NULL (validation only: nodes = trainers = 1). */

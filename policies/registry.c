@@ -45,6 +45,18 @@ static const gp_policy *find_policy(const char *name)
     return NULL;
 }
 
+const gp_policy *gp_policy_of_spec(const char *spec)
+{
+    char name[64];
+    size_t n = strcspn(spec, ":");
+    if (n >= sizeof(name))
+        return NULL;
+    memcpy(name, spec, n);
+    name[n] = '\0';
+    const gp_policy *p = find_policy(name);
+    return p ? p : gk_codec_find(name) ? find_policy("static") : NULL;
+}
+
 static int in_list(const char *const *list, const char *key)
 {
     for (; list && *list; list++)
