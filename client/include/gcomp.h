@@ -7,8 +7,9 @@
  * region. The daemon sums the node's trainers, exchanges with the other nodes and
  * returns the mean over every trainer of the job.
  *
- * Threads: a gcomp_client and its buckets are used by one thread at a time. Use one
- * client per thread if several threads talk to the daemon.
+ * Threads: a gcomp_client and its buckets may be used from several threads at once
+ * (e.g. one thread submits while another waits in gcomp_wait_any()); a given bucket is
+ * submitted and waited for by one thread at a time.
  *
  * Errors: every function that can fail returns a gcomp_status (0 on success, a
  * negative code otherwise). Outputs are written only on success. gcomp_last_error()
@@ -26,7 +27,7 @@ extern "C" {
 #endif
 
 /* Version of the trainer <-> daemon protocol; both sides refuse a different one. */
-#define GCOMP_PROTOCOL_VERSION 1
+#define GCOMP_PROTOCOL_VERSION 2
 
 /*
  * The error table: X(NAME, code, message). It makes the enum, gcomp_strerror() and
@@ -125,6 +126,27 @@ typedef struct gcomp_layer {
 int gcomp_bucket_register(gcomp_client *c, const char *name, const gcomp_layer *layers,
                           size_t nlayers, gcomp_bucket **out);
 
+/* Flags of gcomp_bucket_register_flags(). */
+enum {
+    /* Reduce the bucket exactly, whatever the policy says (parameter broadcasts,
+       metrics): every layer is exchanged dense and no policy sees it. */
+    GCOMP_BUCKET_EXACT = 1u << 0,
+};
+
+/* gcomp_bucket_register() with flags (GCOMP_BUCKET_*); every trainer of the job must
+   register the bucket with the same flags. Unknown flags: GCOMP_INVALID. */
+int gcomp_bucket_register_flags(gcomp_client *c, const char *name, const gcomp_layer *layers,
+                                size_t nlayers, unsigned flags, gcomp_bucket **out);
+
+/*
+ * Unregister a bucket: the daemon frees its memory once every trainer of the node has
+ * unregistered it, and the name may then be registered again (with other layers too).
+ * b is freed (and its regions unmapped) on success and must not be used again.
+ * GCOMP_BUSY when a step of it was submitted and not waited for (b stays valid);
+ * GCOMP_INVALID for b == NULL.
+ */
+int gcomp_bucket_unregister(gcomp_bucket *b);
+
 /* Number of float32 elements in the bucket (all layers). */
 size_t gcomp_bucket_numel(const gcomp_bucket *b);
 
@@ -156,6 +178,15 @@ int gcomp_submit(gcomp_bucket *b, int64_t step);
  * again.
  */
 int gcomp_wait(gcomp_bucket *b, int timeout_ms);
+
+/*
+ * Wait for the next completion of any bucket of the client that is in flight, at most
+ * timeout_ms (< 0: forever). On GCOMP_OK or a step error, *done is the bucket whose
+ * step ended (as gcomp_wait(*done, ...) would have returned it; the step is over either
+ * way). GCOMP_TIMEOUT: nothing completed in time (*done untouched); GCOMP_NOT_FOUND:
+ * no bucket is in flight. Completions are returned in the order they arrived.
+ */
+int gcomp_wait_any(gcomp_client *c, int timeout_ms, gcomp_bucket **done);
 
 /* Hints for adaptive policies; each field counts only if its flag is set in `fields`. */
 enum {
