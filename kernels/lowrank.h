@@ -83,22 +83,11 @@ static inline bool gk_lowrank_all_zero(const float *a, size_t len)
     return true;
 }
 
-/* powersgd_unbiased's payload in floats: r_t max(n, m), whichever factor it carries
-   (see unbiased_max_bytes in ref/powersgd.c). */
-static inline size_t gk_lowrank_padded(const gk_lowrank_state *st)
+/* powersgd_unbiased's payload in floats at a step: P (n r_t) on even steps, Q (m r_t)
+   on odd ones (unbiased_max_bytes in ref/powersgd.c says the same). */
+static inline size_t gk_lowrank_unbiased_floats(const gk_lowrank_state *st, uint64_t step)
 {
-    return (st->n > st->m ? st->n : st->m) * st->r;
-}
-
-/* Zero the floats of send after the *bytes written, up to the padded size, and set
-   *bytes to it: the zeros sum to zero and are ignored by the decoder. */
-static inline void gk_lowrank_pad(const gk_lowrank_state *st, void *send, size_t *bytes)
-{
-    float *f = send;
-    size_t used = *bytes / sizeof(float), total = gk_lowrank_padded(st);
-    for (size_t i = used; i < total; i++)
-        f[i] = 0.0f;
-    *bytes = total * sizeof(float);
+    return (step % 2 == 0 ? st->n : st->m) * st->r;
 }
 
 /*

@@ -173,3 +173,94 @@ double gk_spec_get(const gk_spec *s, const char *key)
             return s->v[i];
     return NAN;
 }
+
+bool gk_spec_compresses(const gk_spec *spec, const gk_layer *layer)
+{
+    const gk_codec *c = spec->codec;
+    return layer->ndim >= 2 && (long)layer->numel >= spec->min_elements &&
+           (!c->compresses || c->compresses(spec, layer));
+}
+
+int gk_spec_knob(const gk_spec *spec, double *value, int *more)
+{
+    const gk_codec *c = spec->codec;
+    for (int i = 0; c->knob && i < c->nparams; i++)
+        if (strcmp(c->params[i].key, c->knob) == 0) {
+            if (value)
+                *value = spec->v[i];
+            if (more)
+                *more = c->knob_more;
+            return i;
+        }
+    return -1;
+}
+
+int gk_spec_nphases(const gk_spec *spec)
+{
+    return spec->codec->nphases ? spec->codec->nphases(spec) : 1;
+}
+
+gk_coll gk_spec_coll(const gk_spec *spec, int phase)
+{
+    return spec->codec->phase_coll ? spec->codec->phase_coll(spec, phase) : GK_COLL_ALLREDUCE_F32;
+}
+
+size_t gk_payload_bytes(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
+{
+    (void)step;
+    return spec->codec->max_bytes(spec, layer, phase, step);
+}
+
+bool gk_payload_fixed(const gk_spec *spec, int phase)
+{
+    if (gk_spec_coll(spec, phase) != GK_COLL_ALLGATHER)
+        return true;
+    return spec->codec->fixed_bytes && spec->codec->fixed_bytes(spec, phase);
+}
+
+bool gk_payload_always_fixed(const gk_spec *spec, int phase)
+{
+    (void)spec;
+    (void)phase;
+    return true;
+}
+
+void *gk_scratch_get(const gk_call *call, size_t bytes)
+{
+    if (call->exec && call->exec->scratch)
+        return gk_arena_alloc(call->exec->scratch, bytes ? bytes : 1);
+    return malloc(bytes ? bytes : 1);
+}
+
+void gk_scratch_put(const gk_call *call, void *p)
+{
+    if (!(call->exec && call->exec->scratch))
+        free(p);
+}
+
+int gk_layer_respec(const gk_spec *old, bool old_comp, const gk_spec *now, bool comp,
+                    const gk_layer *layer, void **state, float **x)
+{
+    const gk_codec *oc = old_comp ? old->codec : NULL;
+    bool same_codec = oc && comp && oc == now->codec;
+    if (!same_codec) {
+        if (*state && oc && oc->state_free)
+            oc->state_free(*state);
+        *state = NULL;
+        free(*x);
+        *x = NULL;
+    } else if (*state && (memcmp(old->v, now->v, sizeof(old->v)) != 0 || old->ef != now->ef)) {
+        const gk_codec *c = now->codec;
+        if (!c->state_keeps || !c->state_keeps(old, now)) {
+            c->state_free(*state);
+            *state = NULL;
+        }
+    }
+    if (!comp)
+        return GCOMP_OK;
+    if (!*x && !(*x = calloc(layer->numel ? layer->numel : 1, sizeof(float))))
+        return GCOMP_NOMEM;
+    if (!*state && now->codec->state_new)
+        return now->codec->state_new(now, layer, state);
+    return GCOMP_OK;
+}

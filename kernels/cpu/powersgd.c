@@ -195,7 +195,6 @@ static int unbiased_cpu_encode(const gk_call *call, float *x, void *send, size_t
         cpu_mtp(x, st, st->p, send);
         *bytes = st->m * st->r * sizeof(float);
     }
-    gk_lowrank_pad(st, send, bytes);
     return GCOMP_OK;
 }
 
@@ -204,7 +203,7 @@ static int unbiased_cpu_decode(const gk_call *call, float *x, const void *const 
 {
     gk_lowrank_state *st = call->state;
     bool pstep = call->step % 2 == 0;
-    if (check_recv(bytes, nrecv, gk_lowrank_padded(st)))
+    if (check_recv(bytes, nrecv, gk_lowrank_unbiased_floats(st, call->step)))
         return GCOMP_PROTOCOL;
     if (pstep) {
         scale_copy(st->p, recv[0], st->n * st->r, call->nodes);

@@ -79,7 +79,7 @@ static void fill_probe_stats(job *j)
             memcpy(st, j->probe[c], sizeof(j->probe[c]));
             if (st[GP_PERF_AG_BYTES] < 0)
                 st[GP_PERF_AG_BYTES] =
-                    (double)topk.codec->max_bytes(&topk, &j->layers[l].geom, 0);
+                    (double)gk_payload_bytes(&topk, &j->layers[l].geom, 0, 0);
         }
     }
 }
@@ -217,7 +217,7 @@ static void test_bucket_cost(void **st)
     assert_double_equal(c.comm_ms, 0.757344 + 0.35 + 83888.0 * 7 / BW_SLOW, 1e-9);
     /* Without stats: max_bytes (8-byte aligned) and no encode/decode time. */
     gp_perf_bucket_cost(l, 2, &topk, NULL, 0, 8, 0.05, BW_SLOW, &c);
-    double mb = ceil((double)topk.codec->max_bytes(&topk, &l[0], 0) / 8) * 8;
+    double mb = ceil((double)gk_payload_bytes(&topk, &l[0], 0, 0) / 8) * 8;
     assert_double_equal(c.comm_ms, 0.757344 + 0.35 + mb * 7 / BW_SLOW, 1e-9);
     assert_double_equal(c.encode_decode_ms, 0.0, EPS);
     /* One node: nothing to exchange. */
@@ -413,7 +413,7 @@ static void test_timings_decide(void **st)
     gk_spec topk;
     char err[256];
     assert_int_equal(gk_spec_parse("topk:density=0.01", &topk, err, sizeof(err)), GCOMP_OK);
-    double kb = (double)topk.codec->max_bytes(&topk, &j.layers[0].geom, 0);
+    double kb = (double)gk_payload_bytes(&topk, &j.layers[0].geom, 0, 0);
     double want = 100 + 12 + gp_perf_predict_allreduce_ms(4096, 4, 0.05, BW_SLOW) +
                   gp_perf_predict_allgather_ms(4 * kb, 4, 0.05, BW_SLOW);
     char expect[128];
@@ -497,7 +497,7 @@ static void test_whatif(void **st)
     gk_spec topk;
     char err[256];
     assert_int_equal(gk_spec_parse("topk:density=0.01", &topk, err, sizeof(err)), GCOMP_OK);
-    double kb = (double)topk.codec->max_bytes(&topk, &j.layers[0].geom, 0);
+    double kb = (double)gk_payload_bytes(&topk, &j.layers[0].geom, 0, 0);
     double tk = 100 + 4 * (2 + 0.25 * 16) + gp_perf_predict_allreduce_ms(4096, 16, 0.05, BW_SLOW) +
                 gp_perf_predict_allgather_ms(4 * kb, 16, 0.05, BW_SLOW);
     const char *t = strstr(out, "{\"codec\":\"topk");
@@ -589,7 +589,7 @@ static void test_collect_times_codecs(void **st)
     gk_spec topk;
     assert_int_equal(gk_spec_parse("topk:density=0.05", &topk, err, sizeof(err)), GCOMP_OK);
     assert_double_equal(tk[GP_PERF_AG_BYTES],
-                        ceil((double)topk.codec->max_bytes(&topk, &l.geom, 0) / 8) * 8, EPS);
+                        ceil((double)gk_payload_bytes(&topk, &l.geom, 0, 0) / 8) * 8, EPS);
     for (int k = 2 * GP_PERF_NSTAT; k < GP_PERF_NSTATS; k++)
         assert_double_equal(stats[k], 0, EPS);
     /* A layer the engine sends dense is not timed. */
