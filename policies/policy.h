@@ -5,13 +5,19 @@
  * same, so a policy may only use what is identical on every node: its arguments, the
  * steps and the statistics the engine hands to observe() (averaged over the nodes).
  *
- * Per bucket step the engine calls, in this order (the same order on every node):
+ * Per bucket step the engine calls (daemon/policy_host.c):
  *  1. decide() for every layer: the spec of this step (and why, for the decision log);
  *  2. collect() for every layer, on each node's own data: nstats numbers per layer;
  *  3. the exchange; then the engine averages the collected numbers over the nodes;
  *  4. observe() with those averages, the bucket step's timing and the trainers' hints.
- * So a decision made in observe() of step s applies from the next decide() on, which
- * is the same bucket step on every node.
+ * Several bucket steps are in flight at once, so the engine orders the calls that read
+ * or change the policy's state the same way on every node: decide() of a bucket step
+ * when the negotiation decides to run it, observe() of a finished one when the
+ * negotiation says every node has its averages (before the decides of that decision);
+ * so a decision made in observe() applies from the first decide() after it, the same
+ * bucket step on every node. collect() runs on the engine's worker threads, after its
+ * decide() and before any later decide(), observe(), save(), load(), advice() or
+ * query(): those never run at the same time as a collect().
  *
  * Specs: "NAME[:key=value,...]". A key that is not the policy's own continues the
  * spec-valued key before it (codec, override...): "static:codec=maxmin:bits=4,bucket=512,
@@ -68,8 +74,9 @@ typedef struct gp_step_info {
     const double *payload;     /* [nlayers]: payload bytes per layer, averaged over nodes */
     const double *stats;       /* [nlayers * nstats]: collect() averaged over the nodes */
     double step_ms;            /* time between this step and the previous step of the
-                                  bucket (the training iteration), averaged over nodes */
-    double exchange_ms;        /* time of the bucket's encode + exchange + decode */
+                                  bucket (the training iteration), the slowest node's */
+    double exchange_ms;        /* time of the bucket's encode + exchange + decode, the
+                                  slowest node's */
     int nodes;
     const gp_hints *hints;
 } gp_step_info;
@@ -99,6 +106,11 @@ typedef struct gp_policy {
     const char *const *spec_keys;/* those of them whose value is a codec spec (continued
                                     by later non-policy keys), NULL-terminated; may be NULL */
     int nstats;                  /* numbers collect() writes per layer; 0 if none */
+    bool collect_concurrent;     /* collect() may run for different layers (of one bucket
+                                    or several) at the same time on worker threads: it
+                                    touches only that layer's own state (made by decide())
+                                    and scratch from exec. false: the engine runs collect()
+                                    calls one at a time. */
     bool uses_network;           /* reads gp_env's alpha_ms / bw_bytes_ms: the engine
                                     measures the transport before create() */
     /* Make the policy's state from its arguments (keys are among `keys`). On error
@@ -113,15 +125,20 @@ typedef struct gp_policy {
                   size_t whylen);
     /* This node's numbers for a layer: g is the node's gradient of the step (its mean
        over the node's trainers), x the error-feedback-corrected input of the codec (x ==
-       g for layers sent dense). stats has nstats slots. May be NULL (nstats == 0). */
+       g for layers sent dense). stats has nstats slots. exec gives the worker's scratch
+       arena (released after the call) for temporaries and gk_codec_roundtrip(); never
+       NULL. May be NULL (nstats == 0). */
     int (*collect)(void *state, const gp_layer *layer, int64_t step, const float *g,
-                   const float *x, double *stats);
+                   const float *x, double *stats, const gk_exec *exec);
     /* A bucket step finished (statistics averaged over the nodes). May be NULL. */
     int (*observe)(void *state, const gp_step_info *info);
-    /* Checkpoint the state to f / restore it from f (same policy and arguments). NULL:
-       the policy has no state worth keeping. */
-    int (*save)(void *state, FILE *f);
-    int (*load)(void *state, FILE *f);
+    /* Checkpoint the state field by field (base/binio.h: a record header with the
+       policy's own tag and format version first, then the arguments the state depends
+       on, so a checkpoint of another spec or version is refused with r->err saying
+       why) / restore it (same policy and arguments). NULL: the policy has no state
+       worth keeping. Return 0 or a negative gcomp status. */
+    int (*save)(void *state, gk_writer *w);
+    int (*load)(void *state, gk_reader *r);
     /* The current batch-size advice. May be NULL (never advises). */
     int (*advice)(void *state, gp_advice *out);
     /* Answer a gcompctl query (e.g. "whatif --nodes 8 --bandwidth 10gbit") into out,

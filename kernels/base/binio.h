@@ -51,6 +51,15 @@ bool gk_get_str(gk_reader *r, char *s, size_t cap);
 /* Read a record header: fails unless the tag is `tag` and the version is 1..max;
    *version gets it (may be NULL). */
 bool gk_get_tag(gk_reader *r, const char *tag, uint32_t max, uint32_t *version);
+/* Type-generic forms for fields of the fixed-width types above: gk_put(w, s->count),
+   gk_get(r, &s->count). Other types do not compile: convert them explicitly. */
+#define gk_put(w, v)                                                                    \
+    _Generic((v), uint8_t: gk_put_u8, uint32_t: gk_put_u32, uint64_t: gk_put_u64,       \
+             int64_t: gk_put_i64, double: gk_put_f64)((w), (v))
+#define gk_get(r, p)                                                                    \
+    _Generic((p), uint8_t *: gk_get_u8, uint32_t *: gk_get_u32, uint64_t *: gk_get_u64, \
+             int64_t *: gk_get_i64, double *: gk_get_f64)((r), (p))
+
 /* Fail the reader with a message (a value read was out of range); returns false. */
 bool gk_reader_fail(gk_reader *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
