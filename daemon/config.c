@@ -20,7 +20,12 @@ static const struct gcd_key {
     {"trainers", "1", "trainers per node: T for every node, or T0,T1,... one per node"},
     {"policy", "static:codec=none", "adaptive policy spec NAME[:key=value,...]"},
     {"codec", "", "codec spec for every eligible layer; shorthand for --policy static:codec=SPEC"},
-    {"transport", "mpi", "transport between daemons"},
+    {"transport", "mpi", "data transport between daemons (see the list below); the control "
+                         "plane is always MPI"},
+    {"threads", "0", "worker threads for codec work (encode, decode, local sums, policy "
+                     "statistics); 0: the cores this process may use, at most 8"},
+    {"lanes", "4", "bucket steps in flight at once: one bucket's local sum and encode "
+                   "overlap another's exchange"},
     {"stats-file", "", "JSON lines, one per step and bucket, written by node 0; with {node}"
                        " in the path every node writes its own"},
     {"decision-log", "", "JSON lines, one per layer whose codec or parameter changes (step,"
@@ -246,6 +251,12 @@ int gcd_config_load(int argc, char **argv, gcd_config *cfg, char *err, size_t er
     if (parse_int("seed", vals[key_index("seed")], 0, INT32_MAX, &x, err, errlen))
         return GCOMP_INVALID;
     cfg->seed = (uint64_t)x;
+    if (parse_int("threads", vals[key_index("threads")], 0, 256, &x, err, errlen))
+        return GCOMP_INVALID;
+    cfg->threads = (int)x;
+    if (parse_int("lanes", vals[key_index("lanes")], 1, 64, &x, err, errlen))
+        return GCOMP_INVALID;
+    cfg->lanes = (int)x;
     const char *nf = vals[key_index("nonfinite")];
     if (strcmp(nf, "fail") && strcmp(nf, "skip")) {
         snprintf(err, errlen, "--nonfinite: '%s' is not fail or skip", nf);

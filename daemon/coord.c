@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "gcomp.h"
+#include "base/grow.h"
 #include "layout.h"
 
 /* A bucket step that some nodes have reported ready. */
@@ -27,7 +28,14 @@ typedef struct known {
     int first;
     int *state;        /* [nodes]: LAYOUT_* */
     char **why;        /* [nodes]: message for LAYOUT_BAD */
+    uint32_t uid;      /* the bucket's number in the job (from 1) */
 } known;
+
+/* A number restored from a checkpoint, for a bucket not announced again yet. */
+typedef struct reserved {
+    char *bucket;
+    uint32_t uid;
+} reserved;
 
 typedef struct policy_req {
     char *spec;
@@ -46,20 +54,10 @@ struct gcd_coord {
     size_t npreq, cappreq;
     uint64_t epoch;
     int64_t max_step;
+    uint32_t next_uid;   /* the number the next new bucket gets */
+    reserved *res;
+    size_t nres, capres;
 };
-
-static void *grow(void *arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return arr;
-    size_t ncap = *cap ? *cap * 2 : 8;
-    while (ncap < need)
-        ncap *= 2;
-    void *p = realloc(arr, ncap * elem);
-    if (p)
-        *cap = ncap;
-    return p;
-}
 
 static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
 static char *fmt(const char *f, ...)
@@ -78,6 +76,7 @@ gcd_coord *gcd_coord_new(int nodes)
     if (c) {
         c->nodes = nodes;
         c->max_step = -1;
+        c->next_uid = 1;
     }
     return c;
 }
@@ -107,6 +106,9 @@ void gcd_coord_free(gcd_coord *c)
         free(c->preq[i].spec);
     for (size_t i = 0; i < c->nckpt; i++)
         free(c->ckpt[i].spec);
+    for (size_t i = 0; i < c->nres; i++)
+        free(c->res[i].bucket);
+    free(c->res);
     free(c->ckpt);
     free(c->pend);
     free(c->known);
@@ -124,7 +126,7 @@ static pending *find_pending(gcd_coord *c, const char *bucket)
 
 static pending *add_pending(gcd_coord *c, const char *bucket, int64_t step)
 {
-    pending *arr = grow(c->pend, &c->cappend, c->npend + 1, sizeof(*arr));
+    pending *arr = gk_grow(c->pend, &c->cappend, c->npend + 1, sizeof(*arr));
     if (!arr)
         return NULL;
     c->pend = arr;
@@ -160,6 +162,20 @@ static known *find_known(gcd_coord *c, const char *bucket)
     return NULL;
 }
 
+/* The number of a bucket seen for the first time: the one a checkpoint kept for it, or
+   the next. Numbers are never given twice (they make layer ids unique). */
+static uint32_t take_uid(gcd_coord *c, const char *bucket)
+{
+    for (size_t i = 0; i < c->nres; i++)
+        if (strcmp(c->res[i].bucket, bucket) == 0) {
+            uint32_t uid = c->res[i].uid;
+            free(c->res[i].bucket);
+            c->res[i] = c->res[--c->nres];
+            return uid;
+        }
+    return c->next_uid++;
+}
+
 /*
  * Check node w's layout for the entry's bucket. Returns 0 if it matches what the other
  * nodes registered, else a status with *why (malloc'd) naming the bucket and difference.
@@ -190,7 +206,7 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
     }
     l.flags = e->flags;
     if (!k) {
-        known *arr = grow(c->known, &c->capknown, c->nknown + 1, sizeof(*arr));
+        known *arr = gk_grow(c->known, &c->capknown, c->nknown + 1, sizeof(*arr));
         if (!arr) {
             gcd_layout_free(&l);
             return GCOMP_NOMEM;
@@ -206,6 +222,7 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
         if (!k->bucket || !k->state || !k->why)
             return GCOMP_NOMEM;
         k->state[w] = LAYOUT_OK;
+        k->uid = take_uid(c, e->bucket);
         return GCOMP_OK;
     }
     char diff[512];
@@ -222,9 +239,10 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
     return GCOMP_OK;
 }
 
-static int add_entry(Gcomp__Decision *dec, const char *bucket, int64_t step, int status,
-                     const char *error)
+static int add_entry(gcd_coord *c, Gcomp__Decision *dec, const char *bucket, int64_t step,
+                     int status, const char *error)
 {
+    const known *k = find_known(c, bucket);
     Gcomp__DecisionEntry **arr = realloc(dec->run, (dec->n_run + 1) * sizeof(*arr));
     if (!arr)
         return GCOMP_NOMEM;
@@ -237,6 +255,7 @@ static int add_entry(Gcomp__Decision *dec, const char *bucket, int64_t step, int
     e->step = step;
     e->status = status;
     e->error = strdup(error ? error : "");
+    e->uid = k ? k->uid : 0;
     arr[dec->n_run++] = e;
     return e->bucket && e->error ? GCOMP_OK : GCOMP_NOMEM;
 }
@@ -253,7 +272,7 @@ static int on_ready(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__Deci
         /* Two nodes are at different steps of one bucket: both steps fail. */
         char *msg = fmt("bucket '%s': node %d submitted step %lld while other nodes are at step %lld",
                         e->bucket, w, (long long)e->step, (long long)p->step);
-        int rc = msg ? add_entry(dec, e->bucket, e->step, GCOMP_STEP, msg) : GCOMP_NOMEM;
+        int rc = msg ? add_entry(c, dec, e->bucket, e->step, GCOMP_STEP, msg) : GCOMP_NOMEM;
         fail(p, GCOMP_STEP, msg);
         free(why);
         return rc;
@@ -285,7 +304,7 @@ static int on_failure(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__De
     if (e->step < 0)
         return GCOMP_OK;
     char *msg = fmt("node %d: %s", w, err);
-    int rc = msg ? add_entry(dec, e->bucket, e->step, e->status, msg) : GCOMP_NOMEM;
+    int rc = msg ? add_entry(c, dec, e->bucket, e->step, e->status, msg) : GCOMP_NOMEM;
     free(msg);
     return rc;
 }
@@ -328,6 +347,11 @@ static int gone_node(gcd_coord *c, const pending *p)
 int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decision *dec)
 {
     int rc = GCOMP_OK;
+    /* Statistics every node holds: the least of what they report. */
+    dec->observe_through = reports[0]->observed;
+    for (int w = 1; w < c->nodes; w++)
+        if (reports[w]->observed < dec->observe_through)
+            dec->observe_through = reports[w]->observed;
     for (int w = 0; w < c->nodes; w++)
         for (size_t i = 0; i < reports[w]->n_unregistered; i++)
             on_unregistered(c, w, reports[w]->unregistered[i]);
@@ -337,7 +361,7 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
         if (r->max_step > c->max_step)
             c->max_step = r->max_step;
         if (r->policy_spec && *r->policy_spec) {
-            policy_req *arr = grow(c->preq, &c->cappreq, c->npreq + 1, sizeof(*arr));
+            policy_req *arr = gk_grow(c->preq, &c->cappreq, c->npreq + 1, sizeof(*arr));
             if (!arr)
                 return GCOMP_NOMEM;
             c->preq = arr;
@@ -345,7 +369,7 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
             arr[c->npreq++].origin = w;
         }
         if (r->checkpoint_dir && *r->checkpoint_dir) {
-            policy_req *arr = grow(c->ckpt, &c->capckpt, c->nckpt + 1, sizeof(*arr));
+            policy_req *arr = gk_grow(c->ckpt, &c->capckpt, c->nckpt + 1, sizeof(*arr));
             if (!arr)
                 return GCOMP_NOMEM;
             c->ckpt = arr;
@@ -373,7 +397,7 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
         if (gone >= 0)
             fail(p, GCOMP_PEER_LOST, fmt("bucket '%s' was unregistered on node %d", p->bucket, gone));
         if (p->status || p->nready == c->nodes) {
-            rc = add_entry(dec, p->bucket, p->step, p->status, p->error);
+            rc = add_entry(c, dec, p->bucket, p->step, p->status, p->error);
             pending_free(p);
             if (rc)
                 return rc;
@@ -416,4 +440,51 @@ void gcd_coord_decision_clear(Gcomp__Decision *dec)
     if (dec->checkpoint_dir != protobuf_c_empty_string)
         free(dec->checkpoint_dir);
     gcomp__decision__init(dec);
+}
+
+int gcd_coord_save(const gcd_coord *c, gk_writer *w)
+{
+    gk_put_tag(w, "COOR", 1);
+    gk_put_u32(w, c->next_uid);
+    gk_put_u64(w, c->nknown + c->nres);
+    for (size_t i = 0; i < c->nknown; i++) {
+        gk_put_str(w, c->known[i].bucket);
+        gk_put_u32(w, c->known[i].uid);
+    }
+    for (size_t i = 0; i < c->nres; i++) {
+        gk_put_str(w, c->res[i].bucket);
+        gk_put_u32(w, c->res[i].uid);
+    }
+    return w->failed ? GCOMP_IO : GCOMP_OK;
+}
+
+int gcd_coord_load(gcd_coord *c, gk_reader *r)
+{
+    uint32_t next;
+    uint64_t n;
+    if (!gk_get_tag(r, "COOR", 1, NULL) || !gk_get_u32(r, &next) || !gk_get_u64(r, &n))
+        return GCOMP_PROTOCOL;
+    if (n > next || n > ((uint64_t)1 << 32)) {
+        gk_reader_fail(r, "coordinator record of %llu buckets below number %u", (unsigned long long)n, next);
+        return GCOMP_PROTOCOL;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        char name[GCOMP_MAX_NAME + 1];
+        uint32_t uid;
+        if (!gk_get_str(r, name, sizeof(name)) || !gk_get_u32(r, &uid))
+            return GCOMP_PROTOCOL;
+        if (uid == 0 || uid >= next) {
+            gk_reader_fail(r, "bucket '%s' numbered %u, the next number is %u", name, uid, next);
+            return GCOMP_PROTOCOL;
+        }
+        reserved *arr = gk_grow(c->res, &c->capres, c->nres + 1, sizeof(*arr));
+        if (!arr)
+            return GCOMP_NOMEM;
+        c->res = arr;
+        if (!(arr[c->nres].bucket = strdup(name)))
+            return GCOMP_NOMEM;
+        arr[c->nres++].uid = uid;
+    }
+    c->next_uid = next;
+    return GCOMP_OK;
 }

@@ -1,7 +1,7 @@
 /*
- * main.c: gcompd. Parse the settings, start the transport (MPI: one rank per node),
- * start the loop thread for the sockets, and run the engine on this thread until the
- * job shuts down (gcompctl shutdown, SIGTERM or SIGINT on any node).
+ * main.c: gcompd. Parse the settings, start the control plane (MPI: one rank per node)
+ * and the data plane, start the loop thread for the sockets, and run the engine on this
+ * thread until the job shuts down (gcompctl shutdown, SIGTERM or SIGINT on any node).
  */
 #include <cblas.h>
 #include <signal.h>
@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
 #include "daemon.h"
 #include "gcomp_config.h"
 #include "log.h"
@@ -47,8 +48,8 @@ int main(int argc, char **argv)
         for (int i = 0; i < gp_npolicies; i++)
             printf("  %-18s %s\n", gp_policies[i]->name, gp_policies[i]->summary);
         printf("\ntransports (--transport NAME):\n");
-        for (int i = 0; i < gcd_ntransports; i++)
-            printf("  %-18s %s\n", gcd_transports[i]->name, gcd_transports[i]->summary);
+        for (int i = 0; i < gcd_ndata_transports; i++)
+            printf("  %-18s %s\n", gcd_data_transports[i]->name, gcd_data_transports[i]->summary);
         return 0;
     }
     if (rc) {
@@ -61,11 +62,11 @@ int main(int argc, char **argv)
         return 2;
     }
     gp_instance_destroy(check);
-    const gcd_transport_ops *ops = gcd_transport_find(d.cfg.transport);
+    const gcd_data_ops *ops = gcd_data_find(d.cfg.transport);
     if (!ops) {
-        fprintf(stderr, "gcompd: unknown transport '%s'; built in:", d.cfg.transport);
-        for (int i = 0; i < gcd_ntransports; i++)
-            fprintf(stderr, " %s", gcd_transports[i]->name);
+        fprintf(stderr, "gcompd: unknown transport '%s'; gcompd knows:", d.cfg.transport);
+        for (int i = 0; i < gcd_ndata_transports; i++)
+            fprintf(stderr, " %s", gcd_data_transports[i]->name);
         fprintf(stderr, "\n");
         return 2;
     }
@@ -78,15 +79,38 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    d.transport.ops = ops;
-    if ((rc = ops->init(&d.transport, &argc, &argv))) {
-        fprintf(stderr, "gcompd: transport %s: %s\n", ops->name, gcomp_strerror(rc));
+    if ((rc = gcd_ctl_init(&argc, &argv, d.cfg.lanes, &d.ctl))) {
+        fprintf(stderr, "gcompd: MPI: %s\n", gcomp_strerror(rc));
         return 1;
     }
-    d.node = d.transport.node;
-    d.nodes = d.transport.nodes;
+    d.node = gcd_ctl_node(d.ctl);
+    d.nodes = gcd_ctl_nodes(d.ctl);
     gcd_log_setup(d.node, d.cfg.log_level);
-    d.started_ms = gcd_now_ms();
+    /* The data plane: every node starts it, and every node must have it. */
+    d.data.ops = ops;
+    rc = ops->init(d.ctl, d.cfg.lanes, &d.data.priv, err, sizeof(err));
+    uint64_t *started = calloc((size_t)d.nodes, sizeof(uint64_t));
+    if (started && gcd_ctl_allgather_u64(d.ctl, rc == 0, started) == 0) {
+        for (int w = 0; w < d.nodes && !rc; w++)
+            if (!started[w])
+                rc = GCOMP_PEER_LOST;
+    } else if (!rc) {
+        rc = GCOMP_NOMEM;
+    }
+    free(started);
+    if (rc) {
+        if (rc != GCOMP_PEER_LOST)
+            gcd_log_error("transport %s: %s", ops->name, err[0] ? err : gcomp_strerror(rc));
+        if (rc == GCOMP_NOT_BUILT && d.node == 0)
+            fprintf(stderr, "gcompd: %s\n", err);
+        if (!rc || rc == GCOMP_PEER_LOST || d.data.priv) {
+            if (ops->fini)
+                ops->fini(d.data.priv);
+        }
+        gcd_ctl_fini(d.ctl);
+        return rc == GCOMP_NOT_BUILT ? 2 : 1;
+    }
+    d.started_ms = gk_now_ms();
     d.max_step = -1;
     pthread_mutex_init(&d.mu, NULL);
     pthread_cond_init(&d.cv, NULL);
@@ -96,7 +120,7 @@ int main(int argc, char **argv)
     d.trainers = gcd_config_trainers(&d.cfg, d.node, d.nodes, err, sizeof(err));
     uint64_t *counts = calloc(d.nodes, sizeof(uint64_t));
     /* Every node learns every node's trainer count (and whether it started). */
-    rc = counts ? ops->allgather_u64(&d.transport, d.trainers > 0 ? (uint64_t)d.trainers : 0, counts)
+    rc = counts ? gcd_ctl_allgather_u64(d.ctl, d.trainers > 0 ? (uint64_t)d.trainers : 0, counts)
                 : GCOMP_NOMEM;
     for (int w = 0; !rc && w < d.nodes; w++) {
         if (counts[w] == 0) {
@@ -115,7 +139,7 @@ int main(int argc, char **argv)
         rc = gcd_sessions_start(&d);
     /* Every node must be able to serve before any goes on. */
     uint64_t *oks = calloc(d.nodes, sizeof(uint64_t));
-    if (oks && ops->allgather_u64(&d.transport, rc == 0, oks) == 0)
+    if (oks && gcd_ctl_allgather_u64(d.ctl, rc == 0, oks) == 0)
         for (int w = 0; w < d.nodes; w++)
             if (!oks[w] && !rc)
                 rc = GCOMP_PEER_LOST;
@@ -124,12 +148,13 @@ int main(int argc, char **argv)
         if (d.node == 0)
             fprintf(stderr, "gcompd: start-up failed (see the messages above)\n");
         if (ops->fini)
-            ops->fini(&d.transport);
+            ops->fini(d.data.priv);
+        gcd_ctl_fini(d.ctl);
         return 1;
     }
-    gcd_log_info("serving %d trainer(s) on %s (job %s, %d nodes, %d trainers, policy %s, gcomp %s)",
-                 d.trainers, d.sock_path, d.cfg.job_id, d.nodes, d.total_trainers, d.cfg.policy,
-                 GCOMP_VERSION);
+    gcd_log_info("serving %d trainer(s) on %s (job %s, %d nodes, %d trainers, policy %s, "
+                 "transport %s, gcomp %s)", d.trainers, d.sock_path, d.cfg.job_id, d.nodes,
+                 d.total_trainers, d.cfg.policy, ops->name, GCOMP_VERSION);
 
     the_daemon = &d;
     pthread_t loop_thread, sig_thread;
@@ -148,11 +173,12 @@ int main(int argc, char **argv)
     gcd_buckets_free(&d);
     if (rc) {
         gcd_log_error("the engine stopped: %s; aborting the job", gcomp_strerror(rc));
-        ops->abort(&d.transport, 1);
+        gcd_ctl_abort(d.ctl, 1);
         return 1;
     }
     if (ops->fini)
-        ops->fini(&d.transport);
+        ops->fini(d.data.priv);
+    gcd_ctl_fini(d.ctl);
     gcd_log_info("stopped");
     return 0;
 }

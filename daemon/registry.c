@@ -1,5 +1,5 @@
 /*
- * registry.c: buckets, their shared memory, and the event queues between threads.
+ * registry.c: buckets and their shared memory.
  * Each bucket has one memfd per local trainer (its input) and one result memfd that
  * all of the node's trainers map read-only.
  */
@@ -8,54 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
 #include "log.h"
-
-int64_t gcd_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-double gcd_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-int gcd_queue_push(gcd_queue *q, enum gcd_event_kind kind, uint32_t bucket, int64_t step,
-                   int status, uint64_t ctl_id, const char *text)
-{
-    size_t n = text ? strlen(text) : 0;
-    gcd_event *e = malloc(sizeof(*e) + n + 1);
-    if (!e)
-        return GCOMP_NOMEM;
-    e->next = NULL;
-    e->kind = kind;
-    e->bucket = bucket;
-    e->step = step;
-    e->status = status;
-    e->ctl_id = ctl_id;
-    memcpy(e->text, text ? text : "", n + 1);
-    if (q->tail)
-        q->tail->next = e;
-    else
-        q->head = e;
-    q->tail = e;
-    return GCOMP_OK;
-}
-
-gcd_event *gcd_queue_take_all(gcd_queue *q)
-{
-    gcd_event *e = q->head;
-    q->head = q->tail = NULL;
-    return e;
-}
 
 gcd_bucket *gcd_bucket_by_name(gcd *d, const char *name)
 {

@@ -575,6 +575,18 @@ static void on_wake(uv_async_t *h)
         ev = next;
     }
     if (stopping) {
+        /* Every trainer learns why, instead of finding its connection gone. */
+        Gcomp__Goodbye bye = GCOMP__GOODBYE__INIT;
+        pthread_mutex_lock(&d->mu);
+        bye.status = d->bye_status ? d->bye_status : GCOMP_SHUTDOWN;
+        bye.error = d->bye_text[0] ? d->bye_text : "the job is shutting down";
+        Gcomp__DaemonMsg m = GCOMP__DAEMON_MSG__INIT;
+        m.msg_case = GCOMP__DAEMON_MSG__MSG_GOODBYE;
+        m.goodbye = &bye;
+        for (gcd_session *s = d->sessions; s; s = s->next)
+            if (!s->ctl && s->slot >= 0)
+                gw_send(s->fd, &m.base, NULL, 0);
+        pthread_mutex_unlock(&d->mu);
         while (d->sessions)
             session_close(d->sessions);
         uv_poll_stop(&d->listen_poll);

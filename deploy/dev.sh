@@ -3,6 +3,9 @@
 #   deploy/dev.sh demo [STEPS]   2 emulated nodes x 2 trainers reducing ResNet-18 buckets
 #   deploy/dev.sh test           every test (unit, integration), with a summary line
 #   deploy/dev.sh bench [ARGS]   the reduction benchmark (tests/bench/bench_reduce.py)
+#   deploy/dev.sh bench-link [RATE] [ARGS]
+#                                the slow-link benchmark in a private network namespace
+#                                (tests/bench/bench_link.py; RATE default 1gbit)
 # The build directory is ./build (GCOMP_BUILD overrides). With CI set, warnings are errors.
 set -eu
 cd "$(dirname "$0")/.."
@@ -36,8 +39,13 @@ PY
 bench)
     exec /usr/bin/python3 tests/bench/bench_reduce.py --build "$BUILD" "$@"
     ;;
+bench-link)
+    rate=${1:-1gbit}
+    [ $# -gt 0 ] && shift
+    exec unshare -n /usr/bin/python3 tests/bench/bench_link.py --build "$BUILD" --rate "$rate" "$@"
+    ;;
 *)
-    echo "usage: deploy/dev.sh demo [STEPS] | test [MESON TEST ARGS] | bench [ARGS]" >&2
+    echo "usage: deploy/dev.sh demo [STEPS] | test [MESON TEST ARGS] | bench [ARGS] | bench-link [RATE]" >&2
     exit 2
     ;;
 esac

@@ -37,9 +37,11 @@ struct gcomp_client {
     gcomp_advice advice; /* latest from a completion; batch_size 0: none */
     int node, nodes;
     int lost; /* the daemon connection is gone */
+    int bye;  /* the daemon said why it went away (Goodbye): every call fails with it */
     int reply_timeout_ms;
     gcomp_bucket *buckets;
     char err[1024];
+    char bye_text[512];
     uint8_t buf[GW_MAX_MSG];
 };
 
@@ -102,9 +104,12 @@ static gcomp_bucket *find_bucket(gcomp_client *c, uint32_t id)
     return NULL;
 }
 
-/* The connection broke: every bucket in flight fails with GCOMP_DAEMON_LOST. */
+/* The connection broke: every bucket in flight fails with GCOMP_DAEMON_LOST, or with
+   what the daemon's Goodbye said. */
 static int mark_lost(gcomp_client *c, int status)
 {
+    if (c->bye)
+        return set_error(c, c->bye, "%s", c->bye_text);
     c->lost = 1;
     for (gcomp_bucket *b = c->buckets; b; b = b->next)
         if (b->in_flight && !b->done) {
@@ -117,6 +122,22 @@ static int mark_lost(gcomp_client *c, int status)
                      status == GCOMP_DAEMON_LOST ? "closed by the daemon" : strerror(errno));
 }
 
+/* The daemon is going away and said why: every later call fails with that. */
+static void goodbye(gcomp_client *c, const Gcomp__Goodbye *g)
+{
+    c->lost = 1;
+    c->bye = g->status < 0 ? g->status : GCOMP_SHUTDOWN;
+    gw_strlcpy(c->bye_text, g->error && *g->error ? g->error : gcomp_strerror(c->bye),
+               sizeof(c->bye_text));
+    for (gcomp_bucket *b = c->buckets; b; b = b->next)
+        if (b->in_flight && !b->done) {
+            b->done = 1;
+            b->status = c->bye;
+            snprintf(b->error, sizeof(b->error), "bucket '%s' step %lld: %s", b->name,
+                     (long long)b->step, c->bye_text);
+        }
+}
+
 /*
  * Receive one daemon message within timeout_ms (< 0: forever). Completions are filed
  * into their buckets; any other message is returned in *out (caller frees) with its fds.
@@ -124,7 +145,8 @@ static int mark_lost(gcomp_client *c, int status)
 static int recv_one(gcomp_client *c, int timeout_ms, Gcomp__DaemonMsg **out, int *fds, int *nfds)
 {
     if (c->lost)
-        return set_error(c, GCOMP_DAEMON_LOST, "connection to the daemon lost");
+        return c->bye ? set_error(c, c->bye, "%s", c->bye_text)
+                      : set_error(c, GCOMP_DAEMON_LOST, "connection to the daemon lost");
     struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
     int pr;
     do
@@ -157,6 +179,12 @@ static int recv_one(gcomp_client *c, int timeout_ms, Gcomp__DaemonMsg **out, int
             b->status = cm->status;
             gw_strlcpy(b->error, cm->error ? cm->error : "", sizeof(b->error));
         }
+        gcomp__daemon_msg__free_unpacked(m, NULL);
+        *out = NULL;
+        return GCOMP_OK;
+    }
+    if (m->msg_case == GCOMP__DAEMON_MSG__MSG_GOODBYE) {
+        goodbye(c, m->goodbye);
         gcomp__daemon_msg__free_unpacked(m, NULL);
         *out = NULL;
         return GCOMP_OK;
@@ -198,7 +226,8 @@ static int await_reply(gcomp_client *c, Gcomp__DaemonMsg__MsgCase kind, Gcomp__D
 static int send_msg(gcomp_client *c, const Gcomp__TrainerMsg *m)
 {
     if (c->lost)
-        return set_error(c, GCOMP_DAEMON_LOST, "connection to the daemon lost");
+        return c->bye ? set_error(c, c->bye, "%s", c->bye_text)
+                      : set_error(c, GCOMP_DAEMON_LOST, "connection to the daemon lost");
     int rc = gw_send(c->fd, &m->base, NULL, 0);
     if (rc == GCOMP_LIMIT)
         return set_error(c, rc, "message larger than %d bytes", GW_MAX_MSG);
