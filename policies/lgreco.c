@@ -96,6 +96,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/grow.h"
 #include "ckpt.h"
 #include "gcomp.h"
 #include "lgreco_dp.h"
@@ -150,7 +151,8 @@ typedef struct lg_state {
     lg_method method;
     bool handover;        /* handover=dense */
     uint64_t seed;        /* the job's seed, for the codecs' and power iterations' draws */
-    int nlayers, cap;     /* layers, sorted by id; entries allocated */
+    int nlayers;          /* layers, sorted by id */
+    size_t cap;           /* entries allocated */
     lg_layer *layers;     /* made by decide() */
 } lg_state;
 
@@ -180,16 +182,12 @@ static lg_layer *lg_add(lg_state *s, uint64_t id)
     lg_layer *l = lg_find(s, id);
     if (l)
         return l;
-    if (s->nlayers == s->cap) {
-        if (s->cap > INT32_MAX / 2)
-            return NULL;
-        int cap = s->cap ? 2 * s->cap : 16;
-        lg_layer *t = realloc(s->layers, (size_t)cap * sizeof(*t));
-        if (!t)
-            return NULL;
-        s->layers = t;
-        s->cap = cap;
-    }
+    if (s->nlayers == INT32_MAX)
+        return NULL;
+    lg_layer *t = gk_grow(s->layers, &s->cap, (size_t)s->nlayers + 1, sizeof(*t));
+    if (!t)
+        return NULL;
+    s->layers = t;
     int at = 0;
     while (at < s->nlayers && s->layers[at].id < id)
         at++;
@@ -894,19 +892,16 @@ static int lg_load(void *state, gk_reader *r)
         return gp_ckpt_status(r);
     /* The entries are read one by one, so a count larger than the data fails as truncated
        before it is allocated. */
-    int got = 0, cap = 0;
+    int got = 0;
+    size_t cap = 0;
     lg_layer *t = NULL;
     for (; ok && (uint64_t)got < nl; got++) {
-        if (got == cap) {
-            int ncap = cap ? 2 * cap : 16;
-            lg_layer *u = realloc(t, (size_t)ncap * sizeof(*u));
-            if (!u) {
-                ok = gk_reader_fail(r, "out of memory");
-                break;
-            }
-            t = u;
-            cap = ncap;
+        lg_layer *u = gk_grow(t, &cap, (size_t)got + 1, sizeof(*u));
+        if (!u) {
+            ok = gk_reader_fail(r, "out of memory");
+            break;
         }
+        t = u;
         t[got] = (lg_layer){0};
         ok = lg_get_layer(r, s, got ? &t[got - 1] : NULL, &t[got]);
     }
@@ -920,7 +915,8 @@ static int lg_load(void *state, gk_reader *r)
         free(s->layers[i].acc);
     free(s->layers);
     s->layers = t;
-    s->nlayers = s->cap = got;
+    s->nlayers = got;
+    s->cap = cap;
     return GCOMP_OK;
 }
 

@@ -74,6 +74,7 @@
 #include <strings.h>
 
 #include "base/clock.h"
+#include "base/grow.h"
 #include "ckpt.h"
 #include "gcomp.h"
 #include "perfmodel.h"
@@ -274,7 +275,8 @@ typedef struct perf_state {
     double gamma;       /* the backward pass's slowdown under overlapping communication */
     long probe, warmup; /* steps between codec timings; dense steps before deciding */
     gp_env env;         /* the job and the measured network */
-    int nbuckets, capbuckets; /* buckets in use and allocated */
+    int nbuckets;         /* buckets in use */
+    size_t capbuckets;    /* buckets allocated */
     perf_bucket *buckets; /* in the order first seen, identical on every node */
     int64_t rounds;       /* observations of the last bucket */
     int64_t probe_round;  /* the round of the latest probe */
@@ -390,14 +392,11 @@ static int bucket_of(perf_state *s, const char *name)
     int i = find_bucket(s, name);
     if (i >= 0)
         return i;
-    if (s->nbuckets == s->capbuckets) {
-        int cap = s->capbuckets ? 2 * s->capbuckets : 8;
-        perf_bucket *nb = realloc(s->buckets, (size_t)cap * sizeof(*nb));
-        if (!nb)
-            return -1;
-        s->buckets = nb;
-        s->capbuckets = cap;
-    }
+    perf_bucket *nb = gk_grow(s->buckets, &s->capbuckets, (size_t)s->nbuckets + 1,
+                              sizeof(*nb));
+    if (!nb)
+        return -1;
+    s->buckets = nb;
     perf_bucket *b = &s->buckets[s->nbuckets];
     *b = (perf_bucket){.name = strdup(name), .meas_dense = true};
     if (!b->name)
@@ -829,18 +828,15 @@ static int perf_load(void *state, gk_reader *r)
     /* The buckets are read one by one, so a count larger than the data fails as
        truncated before it is allocated. */
     perf_bucket *bs = NULL;
-    int got = 0, cap = 0;
+    int got = 0;
+    size_t cap = 0;
     for (; ok && (uint64_t)got < nb; got++) {
-        if (got == cap) {
-            int ncap = cap ? 2 * cap : 8;
-            perf_bucket *nbs = realloc(bs, (size_t)ncap * sizeof(*nbs));
-            if (!nbs) {
-                ok = gk_reader_fail(r, "out of memory");
-                break;
-            }
-            bs = nbs;
-            cap = ncap;
+        perf_bucket *nbs = gk_grow(bs, &cap, (size_t)got + 1, sizeof(*nbs));
+        if (!nbs) {
+            ok = gk_reader_fail(r, "out of memory");
+            break;
         }
+        bs = nbs;
         bs[got] = (perf_bucket){0};
         ok = load_bucket(s, r, &bs[got]);
         for (int i = 0; ok && i < got; i++)

@@ -79,6 +79,16 @@ unsigned char *tu_save(gp_instance *p, size_t *len)
     return (unsigned char *)buf;
 }
 
+void tu_assert_same_state(gp_instance *a, gp_instance *b)
+{
+    size_t la, lb;
+    unsigned char *sa = tu_save(a, &la), *sb = tu_save(b, &lb);
+    assert_int_equal(la, lb);
+    assert_memory_equal(sa, sb, la);
+    free(sa);
+    free(sb);
+}
+
 int tu_load(gp_instance *p, const void *buf, size_t len, char *err, size_t errlen)
 {
     /* fmemopen refuses a size of 0: an empty checkpoint is an empty file. */

@@ -33,6 +33,9 @@ void tu_collect_two_threads(gp_instance *p, const tu_job *jobs, int n);
    bytes; the caller frees it. */
 unsigned char *tu_save(gp_instance *p, size_t *len);
 
+/* Asserts that a and b (the same policy) save the same bytes: the same state. */
+void tu_assert_same_state(gp_instance *a, gp_instance *b);
+
 /* load() from buf[len]; err (may be NULL) gets the reader's message (empty on success).
    A successful load is asserted to have read all of buf. Returns load()'s status. */
 int tu_load(gp_instance *p, const void *buf, size_t len, char *err, size_t errlen);
