@@ -24,13 +24,13 @@
  * Keys (defaults): codec (powersgd), param (the codec's compression knob, gk_codec.knob:
  * rank for powersgd, density for topk, bits for maxmin...), low and high (the paper's
  * levels where the knob is rank or density: rank 2 and 1, density 0.99 and 0.1; for
- * other parameters they must be given), eta (0.5), interval (10 steps) or epochs (F), window (epochs
- * mode: last = the epoch before each check, the paper's; all = every epoch since the
- * previous check), lr_drop (0: any decrease of the LR is a decay; f > 0: only a fall
- * below (1 - f) times the LR of the previous decay or the highest LR since, for schedules
- * that lower the LR a little every step), batch_low and batch_high (no
- * advice without them), batch_up_only (0; 1: never advise batch_low again once batch_high
- * was advised, as the paper's batch-size runs did).
+ * other parameters they must be given), eta (0.5), interval (10 steps) or epochs (F),
+ * window (epochs mode: last = the epoch before each check, the paper's; all = every
+ * epoch since the previous check), lr_drop (0: any decrease of the LR is a decay;
+ * f > 0: only a fall below (1 - f) times the LR of the previous decay or the highest LR
+ * since, for schedules that lower the LR a little every step), batch_low and batch_high
+ * (no advice without them), batch_up_only (0; 1: never advise batch_low again once
+ * batch_high was advised, as the paper's batch-size runs did).
  *
  * Epoch counts: the hints' epoch counter is this node's own count (not averaged by the
  * engine), so it cannot drive a decision directly: every node must decide the same.
@@ -97,7 +97,7 @@ typedef struct acc_state {
     long window_all;    /* epochs mode: 1 = sum over all F epochs, 0 = the last epoch only */
     long batch_low, batch_high; /* the advised batch sizes; 0: no advice */
     long batch_up_only; /* 1: never advise batch_low again after batch_high */
-    gp_lmap layers;     /* acc_layer by layer id, made by decide() */
+    gp_lmap layers;     /* acc_layer by layer id, made by decide() (or observe()) */
     int64_t local_epochs; /* this node's epoch count from the hints; -1 before any */
     uint8_t has_lr;     /* lr_ref holds a learning rate */
     double lr_ref;      /* the learning rate a decay is measured against */

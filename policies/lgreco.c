@@ -442,7 +442,8 @@ static int lg_create(const gp_args *a, const gp_env *env, void **state, char *er
     }
     double lo = 0, hi = 0;
     if (!rc) {
-        const gk_param_desc *d = &s->codec.codec->params[gk_spec_knob(&s->codec, &s->def, NULL)];
+        int knob = gk_spec_knob(&s->codec, &s->def, NULL);
+        const gk_param_desc *d = &s->codec.codec->params[knob];
         s->integer = d->integer;
         /* Log spacing needs a positive lower bound. */
         double pmin = d->integer ? d->min : fmax(d->min, 1e-9), pmax = d->max;

@@ -82,8 +82,9 @@ void gp_perf_bucket_cost(const gk_layer *layers, int nlayers, const gk_spec *spe
 /* A bandwidth: a positive number and a unit, bits per second with kbit, mbit, gbit,
    tbit, kbps, mbps, gbps, tbps or kb/s, mb/s, gb/s, tb/s, bytes per second with B/s,
    kB/s, MB/s, GB/s, TB/s (letters in any case but the b or B before "/s" or "ps", so
-   "GBps" is refused rather than read as bits): "10gbit", "1.25GB/s". Writes bytes per millisecond; GCOMP_INVALID for a bare number, an unknown
-   unit, or a number that is not positive and finite. */
+   "GBps" is refused rather than read as bits): "10gbit", "1.25GB/s". Writes bytes per
+   millisecond; GCOMP_INVALID for a bare number, an unknown unit, or a number that is
+   not positive and finite. */
 int gp_perf_parse_bandwidth(const char *text, double *bytes_ms);
 
 /* The accepted units, comma-separated, into buf[len] (terminated when len > 0); returns

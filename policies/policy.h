@@ -128,8 +128,8 @@ typedef struct gp_policy {
        g for layers sent dense); both are host memory, numel floats. stats has nstats
        slots. exec (never NULL) gives the worker's scratch arena (exec->scratch, never
        NULL; released after the call) for temporaries and gk_codec_roundtrip() (through
-       gp_exec_host()). A
-       layer decide() has not seen is refused with GCOMP_INVALID. May be NULL
+       gp_exec_host()). A policy that keeps per-layer state makes it in decide(), so its
+       collect() may refuse a layer decide() has not seen (GCOMP_INVALID). May be NULL
        (nstats == 0). */
     int (*collect)(void *state, const gp_layer *layer, int64_t step, const float *g,
                    const float *x, double *stats, const gk_exec *exec);
