@@ -125,9 +125,12 @@ typedef struct gp_policy {
                   size_t whylen);
     /* This node's numbers for a layer: g is the node's gradient of the step (its mean
        over the node's trainers), x the error-feedback-corrected input of the codec (x ==
-       g for layers sent dense). stats has nstats slots. exec gives the worker's scratch
-       arena (released after the call) for temporaries and gk_codec_roundtrip(); never
-       NULL. May be NULL (nstats == 0). */
+       g for layers sent dense); both are host memory, numel floats. stats has nstats
+       slots. exec (never NULL) gives the worker's scratch arena (exec->scratch, never
+       NULL; released after the call) for temporaries and gk_codec_roundtrip() (through
+       gp_exec_host()). A policy that keeps per-layer state makes it in decide(), so its
+       collect() may refuse a layer decide() has not seen (GCOMP_INVALID). May be NULL
+       (nstats == 0). */
     int (*collect)(void *state, const gp_layer *layer, int64_t step, const float *g,
                    const float *x, double *stats, const gk_exec *exec);
     /* A bucket step finished (statistics averaged over the nodes). May be NULL. */
@@ -175,5 +178,19 @@ int gp_arg_long(const char *policy, const char *key, const char *val, long min, 
 /* The spec with one parameter changed (e.g. "rank" to 2); GCOMP_INVALID if the codec
    has no such key or the value is out of its range. */
 int gp_spec_with(const gk_spec *in, const char *key, double value, gk_spec *out);
+
+/* The bytes a phase of the spec sends for the layer per step on average: the mean of
+   gk_payload_bytes() over two consecutive steps, for policies that predict the sizes of
+   steps to come. Two steps hold every codec's pattern (powersgd_unbiased sends P and Q
+   in turn; the others send the same every step; tests/unit/daemon/test_policy.c checks
+   the registry for it). */
+double gp_payload_mean(const gk_spec *spec, const gk_layer *layer, int phase);
+
+/* The context for a policy's own codec runs inside collect(): the CPU implementation
+   on host memory, temporaries from the scratch arena of collect()'s exec. */
+static inline gk_exec gp_exec_host(const gk_exec *exec)
+{
+    return (gk_exec){.backend = GK_BACKEND_CPU, .mem = GK_MEM_HOST, .scratch = exec->scratch};
+}
 
 #endif

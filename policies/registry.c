@@ -208,3 +208,9 @@ int gp_spec_with(const gk_spec *in, const char *key, double value, gk_spec *out)
     }
     return GCOMP_INVALID;
 }
+
+double gp_payload_mean(const gk_spec *spec, const gk_layer *layer, int phase)
+{
+    return 0.5 * ((double)gk_payload_bytes(spec, layer, phase, 0) +
+                  (double)gk_payload_bytes(spec, layer, phase, 1));
+}
