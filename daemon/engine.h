@@ -87,6 +87,7 @@ typedef struct eng_obs {
     uint64_t seq;
     gp_instance *p;
     int64_t step;
+    uint32_t bucket_id;    /* its result goes to the trainers once observed */
     char *bucket;          /* copies: the bucket may be gone by then */
     size_t nlayers;
     gp_layer *layers;
@@ -231,7 +232,9 @@ int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_
                       const double *vec, const double *max);
 /* A bucket step (seq) needs no statistics exchange: it counts as held. */
 void eng_stats_held(engine *e, uint64_t seq);
-/* Observe every held step up to seq, in order (call when collects are done). */
+/* Observe every held step up to seq, in order (call when collects are done), and hand
+   each one's result to its trainers: a policy's decision (and its batch-size advice)
+   from step s is in force before the trainers see step s's result. */
 int eng_observe_through(engine *e, uint64_t seq);
 /* Answer gcompctl queries (whatif...) when no collect() runs. */
 void eng_answer_queries(engine *e);

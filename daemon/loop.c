@@ -136,8 +136,11 @@ int gcd_engine_run(gcd *d)
         work |= gcd_ctl_progress(d->ctl);
         checkpoint_if_drained(&e);
         eng_answer_queries(&e);
-        if (e.shutting_down && !e.in_flight && !gcd_pool_busy(e.pool))
+        if (e.shutting_down && !e.in_flight && !gcd_pool_busy(e.pool) && eng_collects_done(&e)) {
+            /* Every node drained alike: the statistics left are held everywhere. */
+            eng_observe_through(&e, e.next_seq);
             break;
+        }
         if (work)
             continue;
         if (eng_pipeline_waiting_on_network(&e)) {

@@ -45,6 +45,7 @@ struct eng_negotiation {
     summing *summing;            /* buckets whose local sum runs */
     size_t nsumming, capsumming;
     bool waiting;                /* our report is out, its decision not applied yet */
+    uint64_t reported_observed;  /* Report.observed of our last report */
     int64_t sent_ms;             /* when it went out */
     int64_t last_ms;             /* when the last decision was applied */
     Gcomp__Decision *pending;    /* received, applied once no collect() runs */
@@ -512,11 +513,13 @@ int eng_negotiate(engine *e)
         if (e->ckpt_dir || e->shutting_down)
             return 0;
         bool news = n->rb.n || n->rb.nunreg || e->sent_asks < e->nasks ||
-                    e->sent_ckpt < e->nckpt || e->shutdown_asked;
+                    e->sent_ckpt < e->nckpt || e->shutdown_asked ||
+                    e->stats_done != n->reported_observed;
         if (!news && now - n->last_ms < d->cfg.cycle_ms)
             return 0;
         uint8_t *buf;
         size_t len;
+        n->reported_observed = e->stats_done;
         if ((rc = build_report(e, &buf, &len)))
             return eng_fatal(e, rc, "out of memory building a report");
         if (d->node == 0) {

@@ -672,10 +672,12 @@ static void record(engine *e, eng_step *s, int status)
     free(ls);
 }
 
-/* The step is over on this node: hand the result to the trainers, free the lane. */
+/* The step is over on this node: free the lane, and hand the result to the trainers
+   (a step whose policy observes does that when it is observed: policy_host.c). */
 static void finish(engine *e, eng_step *s)
 {
-    gcd_to_loop(e->d, GCD_EV_COMPLETE, s->b->id, s->step, GCOMP_OK, 0, "");
+    if (!s->observing)
+        gcd_to_loop(e->d, GCD_EV_COMPLETE, s->b->id, s->step, GCOMP_OK, 0, "");
     s->eb->in_flight = false;
     s->st = S_DONE;
 }

@@ -7,7 +7,11 @@
  * first observing every finished step all nodes hold the statistics of
  * (eng_observe_through, Decision.observe_through), then deciding the steps it runs
  * (eng_policy_decide), in the decision's order. collect() runs on the workers between
- * a step's decide and the next decision's calls (the decision waits for it).
+ * a step's decide and the next decision's calls (the decision waits for it). A step
+ * whose policy observes hands its result to the trainers when it is observed, so the
+ * policy has seen step s before the trainers go on to step s + 1, as without a
+ * pipeline; a node reports new statistics at once, so this costs one negotiation
+ * round trip per step of an adaptive policy (none for static ones).
  *
  * The statistics vector of a step (eng_stats_len): nstats numbers per layer from
  * collect(), then a payload per layer, then TAIL_N values (hints); summed over the
@@ -420,6 +424,7 @@ int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_
     o->seq = seq;
     o->p = p;
     o->step = step;
+    o->bucket_id = b->id;
     o->nlayers = nl;
     double inv = 1.0 / e->d->nodes;
     for (size_t k = 0; k < len; k++)
@@ -506,6 +511,7 @@ int eng_observe_through(engine *e, uint64_t seq)
         if (rc)
             gcd_log_error("policy '%s' failed to observe bucket '%s' step %lld: %s", o->p->spec,
                           o->bucket, (long long)o->step, gcomp_strerror(rc));
+        gcd_to_loop(d, GCD_EV_COMPLETE, o->bucket_id, o->step, GCOMP_OK, 0, "");
         obs_free(o);
     }
     if (seq > e->observed_seq)

@@ -133,7 +133,7 @@ static void goodbye(gcomp_client *c, const Gcomp__Goodbye *g)
         if (b->in_flight && !b->done) {
             b->done = 1;
             b->status = c->bye;
-            snprintf(b->error, sizeof(b->error), "bucket '%s' step %lld: %s", b->name,
+            snprintf(b->error, sizeof(b->error), "bucket '%.200s' step %lld: %.250s", b->name,
                      (long long)b->step, c->bye_text);
         }
 }
