@@ -70,7 +70,8 @@ typedef struct gcd {
     pthread_cond_t cv;          /* engine waits here for to_engine */
     gcd_bucket **buckets;       /* by id; grows under mu; a freed bucket's entry is NULL
                                    (ids are never reused) */
-    uint32_t nbuckets, capbuckets;
+    uint32_t nbuckets;
+    size_t capbuckets;
     gcd_queue to_engine, to_loop;
     int64_t max_step;           /* highest step any local trainer submitted */
     int connected;              /* trainers connected */

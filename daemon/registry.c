@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "base/grow.h"
 #include "daemon.h"
 #include "log.h"
 
@@ -107,14 +108,11 @@ int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
             return GCOMP_INVALID;
         }
     } else {
-        if (d->nbuckets == d->capbuckets) {
-            uint32_t cap = d->capbuckets ? d->capbuckets * 2 : 16;
-            gcd_bucket **arr = realloc(d->buckets, cap * sizeof(*arr));
-            if (!arr)
-                return GCOMP_NOMEM;
-            d->buckets = arr;
-            d->capbuckets = cap;
-        }
+        gcd_bucket **arr = gk_grow(d->buckets, &d->capbuckets, (size_t)d->nbuckets + 1,
+                                   sizeof(*arr));
+        if (!arr)
+            return GCOMP_NOMEM;
+        d->buckets = arr;
         int rc = bucket_new(d, name, layout, &b, err, errlen);
         if (rc)
             return rc;

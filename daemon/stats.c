@@ -1,5 +1,6 @@
 #include "stats.h"
 
+#include "base/grow.h"
 #include "base/json.h"
 #include "daemon.h"
 
@@ -46,14 +47,10 @@ gcd_stats_bucket *gcd_stats_bucket_get(gcd_stats *s, const char *name)
     for (size_t i = 0; i < s->n; i++)
         if (strcmp(s->b[i].name, name) == 0)
             return &s->b[i];
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 16;
-        gcd_stats_bucket *b = realloc(s->b, cap * sizeof(*b));
-        if (!b)
-            return NULL;
-        s->b = b;
-        s->cap = cap;
-    }
+    gcd_stats_bucket *arr = gk_grow(s->b, &s->cap, s->n + 1, sizeof(*arr));
+    if (!arr)
+        return NULL;
+    s->b = arr;
     gcd_stats_bucket *b = &s->b[s->n++];
     memset(b, 0, sizeof(*b));
     snprintf(b->name, sizeof(b->name), "%s", name);

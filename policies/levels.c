@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/grow.h"
 #include "gcomp.h"
 #include "levels.h"
 
@@ -107,16 +108,16 @@ int gp_lmap_add(gp_lmap *m, uint64_t id, void *item)
     if (m->n >= UINT32_MAX - 1)
         return GCOMP_LIMIT;
     if (m->n == m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 16;
-        uint64_t *ids = realloc(m->ids, cap * sizeof(*ids));
+        size_t cap_ids = m->cap, cap_items = m->cap;
+        uint64_t *ids = gk_grow(m->ids, &cap_ids, m->n + 1, sizeof(*ids));
         if (!ids)
             return GCOMP_NOMEM;
         m->ids = ids;
-        void **items = realloc(m->items, cap * sizeof(*items));
+        void **items = gk_grow(m->items, &cap_items, m->n + 1, sizeof(*items));
         if (!items)
             return GCOMP_NOMEM;
         m->items = items;
-        m->cap = cap;
+        m->cap = cap_ids < cap_items ? cap_ids : cap_items;
     }
     if (2 * (m->n + 1) > m->hcap && rehash(m, m->hcap ? m->hcap * 2 : 32))
         return GCOMP_NOMEM;

@@ -77,6 +77,7 @@
 #include "base/grow.h"
 #include "ckpt.h"
 #include "gcomp.h"
+#include "base/json.h"
 #include "perfmodel.h"
 #include "policy.h"
 
@@ -889,19 +890,12 @@ static void put(outbuf *o, const char *fmt, ...)
     o->n += (size_t)w;
 }
 
-/* A JSON string literal of text. */
+/* A JSON string literal of text (base/json.h's escaping). */
 static void put_json_str(outbuf *o, const char *text)
 {
-    put(o, "\"");
-    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
-        if (*c == '"' || *c == '\\')
-            put(o, "\\%c", *c);
-        else if (*c < 0x20)
-            put(o, "\\u%04x", *c);
-        else
-            put(o, "%c", *c);
-    }
-    put(o, "\"");
+    char q[2 * GCOMP_MAX_NAME + 8];
+    gk_json_str(q, sizeof(q), text);
+    put(o, "%s", q);
 }
 
 static const char whatif_usage[] = "whatif --nodes P --bandwidth B [--latency-us L] "

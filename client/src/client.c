@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "gcomp.h"
 #include "wire.h"
 
@@ -57,12 +58,6 @@ static int set_error(gcomp_client *c, int status, const char *fmt, ...)
     return status;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int env_int(const char *name, int def)
 {
@@ -77,7 +72,7 @@ static int dial(const char *path, int timeout_ms, int *out)
     if (strlen(path) >= sizeof(sa.sun_path))
         return GCOMP_INVALID;
     strcpy(sa.sun_path, path);
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = gk_now_ms() + timeout_ms;
     for (;;) {
         int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         if (fd < 0)
@@ -88,7 +83,7 @@ static int dial(const char *path, int timeout_ms, int *out)
         }
         int e = errno;
         close(fd);
-        if ((e != ENOENT && e != ECONNREFUSED && e != EAGAIN) || now_ms() >= deadline) {
+        if ((e != ENOENT && e != ECONNREFUSED && e != EAGAIN) || gk_now_ms() >= deadline) {
             errno = e;
             return e == ENOENT || e == ECONNREFUSED ? GCOMP_TIMEOUT : GCOMP_IO;
         }
@@ -197,9 +192,9 @@ static int recv_one(gcomp_client *c, int timeout_ms, Gcomp__DaemonMsg **out, int
 static int await_reply(gcomp_client *c, Gcomp__DaemonMsg__MsgCase kind, Gcomp__DaemonMsg **out,
                        int *fds, int *nfds)
 {
-    int64_t deadline = now_ms() + c->reply_timeout_ms;
+    int64_t deadline = gk_now_ms() + c->reply_timeout_ms;
     for (;;) {
-        int left = (int)(deadline - now_ms());
+        int left = (int)(deadline - gk_now_ms());
         if (left <= 0)
             return set_error(c, GCOMP_TIMEOUT, "no reply from the daemon in %d ms",
                              c->reply_timeout_ms);
@@ -570,9 +565,9 @@ int gcomp_wait(gcomp_bucket *b, int timeout_ms)
     gcomp_client *c = b->client;
     if (!b->in_flight)
         return set_error(c, GCOMP_INVALID, "bucket '%s': nothing submitted to wait for", b->name);
-    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    int64_t deadline = timeout_ms < 0 ? -1 : gk_now_ms() + timeout_ms;
     for (int polled = 0; !b->done; polled = 1) {
-        int left = deadline < 0 ? -1 : (int)(deadline - now_ms());
+        int left = deadline < 0 ? -1 : (int)(deadline - gk_now_ms());
         /* Always look at the socket once, so a zero timeout polls. */
         if (deadline >= 0 && left <= 0) {
             if (polled)
@@ -584,7 +579,7 @@ int gcomp_wait(gcomp_bucket *b, int timeout_ms)
         int fds[GW_MAX_FDS], nfds = 0;
         int rc = recv_one(c, left, &m, fds, &nfds);
         if (rc == GCOMP_TIMEOUT) {
-            if (deadline >= 0 && now_ms() >= deadline)
+            if (deadline >= 0 && gk_now_ms() >= deadline)
                 return set_error(c, GCOMP_TIMEOUT, "bucket '%s' step %lld: not complete after %d ms",
                                  b->name, (long long)b->step, timeout_ms);
             continue;
