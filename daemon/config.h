@@ -29,6 +29,9 @@ typedef struct gcd_config {
     int log_level;
     bool nonfinite_skip;  /* non-finite input: skip the layer (else fail the step) */
     int threads;          /* worker threads for codec work; 0: the cores, at most 8 */
+    int max_buckets;      /* live buckets per daemon (and per trainer connection) */
+    uint64_t max_bytes;   /* shared memory for buckets; 0: the machine's memory */
+    int hello_timeout_ms; /* a connection that says nothing this long is closed */
     int lanes;            /* bucket steps in flight at once (pipeline depth) */
 } gcd_config;
 

@@ -14,6 +14,7 @@
 typedef struct pending {
     char *bucket;
     int64_t step;
+    int64_t first_ms;  /* when the first node reported it */
     int nready;
     bool *ready;  /* [nodes] */
     int status;   /* non-zero: fails this cycle */
@@ -31,6 +32,13 @@ typedef struct known {
     uint32_t uid;      /* the bucket's number in the job (from 1) */
 } known;
 
+/* A bucket a node reported lost (a trainer left): its steps fail until it recovers. */
+typedef struct lost {
+    char *bucket;
+    int node;
+    char *why;
+} lost;
+
 /* A number restored from a checkpoint, for a bucket not announced again yet. */
 typedef struct reserved {
     char *bucket;
@@ -44,6 +52,10 @@ typedef struct policy_req {
 
 struct gcd_coord {
     int nodes;
+    int timeout_ms;      /* a step some nodes never report fails after this long */
+    int64_t now_ms;      /* the cycle's time (gcd_coord_step) */
+    lost *lost;
+    size_t nlost, caplost;
     policy_req *ckpt;  /* checkpoint requests (dir, origin), one decided per cycle */
     size_t nckpt, capckpt;
     pending *pend;
@@ -70,11 +82,12 @@ static char *fmt(const char *f, ...)
     return strdup(buf);
 }
 
-gcd_coord *gcd_coord_new(int nodes)
+gcd_coord *gcd_coord_new(int nodes, int timeout_ms)
 {
     gcd_coord *c = calloc(1, sizeof(*c));
     if (c) {
         c->nodes = nodes;
+        c->timeout_ms = timeout_ms;
         c->max_step = -1;
         c->next_uid = 1;
     }
@@ -109,6 +122,11 @@ void gcd_coord_free(gcd_coord *c)
     for (size_t i = 0; i < c->nres; i++)
         free(c->res[i].bucket);
     free(c->res);
+    for (size_t i = 0; i < c->nlost; i++) {
+        free(c->lost[i].bucket);
+        free(c->lost[i].why);
+    }
+    free(c->lost);
     free(c->ckpt);
     free(c->pend);
     free(c->known);
@@ -135,6 +153,7 @@ static pending *add_pending(gcd_coord *c, const char *bucket, int64_t step)
     p->bucket = strdup(bucket);
     p->ready = calloc(c->nodes, sizeof(bool));
     p->step = step;
+    p->first_ms = c->now_ms;
     if (!p->bucket || !p->ready) {
         pending_free(p);
         return NULL;
@@ -292,11 +311,47 @@ static int on_ready(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__Deci
     return GCOMP_OK;
 }
 
-/* A node failed a step (step < 0: whatever step of the bucket is pending). */
+static lost *find_lost(gcd_coord *c, const char *bucket, int w)
+{
+    for (size_t i = 0; i < c->nlost; i++)
+        if (c->lost[i].node == w && strcmp(c->lost[i].bucket, bucket) == 0)
+            return &c->lost[i];
+    return NULL;
+}
+
+/* Node w holds the bucket whole again (or let go of it): its steps run again. */
+static void forget_lost(gcd_coord *c, const char *bucket, int w)
+{
+    lost *l = find_lost(c, bucket, w);
+    if (!l)
+        return;
+    free(l->bucket);
+    free(l->why);
+    *l = c->lost[--c->nlost];
+}
+
+/* A node failed a step (step < 0: the bucket is lost there: whatever step of it is
+   pending, and every later one until it recovers). */
 static int on_failure(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__Decision *dec)
 {
     pending *p = find_pending(c, e->bucket);
     const char *err = e->error && *e->error ? e->error : "failed";
+    if (e->step < 0) {
+        lost *l = find_lost(c, e->bucket, w);
+        if (!l) {
+            lost *arr = gk_grow(c->lost, &c->caplost, c->nlost + 1, sizeof(*arr));
+            if (!arr)
+                return GCOMP_NOMEM;
+            c->lost = arr;
+            l = &arr[c->nlost++];
+            *l = (lost){.bucket = strdup(e->bucket), .node = w};
+            if (!l->bucket)
+                return GCOMP_NOMEM;
+        }
+        free(l->why);
+        if (!(l->why = fmt("node %d: %s", w, err)))
+            return GCOMP_NOMEM;
+    }
     if (p && (e->step < 0 || e->step == p->step)) {
         fail(p, e->status, fmt("node %d: %s", w, err));
         return GCOMP_OK;
@@ -344,17 +399,65 @@ static int gone_node(gcd_coord *c, const pending *p)
     return -1;
 }
 
-int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decision *dec)
+/* The names of the buckets node w holds (for a message), into out. */
+static void held_by(const gcd_coord *c, int w, char *out, size_t len)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < c->nknown && n + 1 < len; i++)
+        if (c->known[i].state[w] == LAYOUT_OK)
+            n += (size_t)snprintf(out + n, len - n, "%s'%s'", n ? ", " : "", c->known[i].bucket);
+    if (!n)
+        snprintf(out, len, "none announced yet");
+}
+
+/* A pending step that cannot run: a node lost the bucket, or some nodes never reported
+   it within the timeout (their trainers registered other buckets, or stopped). */
+static void check_pending(gcd_coord *c, pending *p)
+{
+    if (p->status)
+        return;
+    for (int w = 0; w < c->nodes; w++) {
+        const lost *l = p->ready[w] ? NULL : find_lost((gcd_coord *)c, p->bucket, w);
+        if (l) {
+            fail(p, GCOMP_PEER_LOST, strdup(l->why));
+            return;
+        }
+    }
+    if (c->now_ms - p->first_ms <= c->timeout_ms)
+        return;
+    char who[256] = "", held[512];
+    size_t n = 0;
+    int first = -1;
+    for (int w = 0; w < c->nodes && n < sizeof(who); w++)
+        if (!p->ready[w]) {
+            n += (size_t)snprintf(who + n, sizeof(who) - n, "%s%d", n ? ", " : "", w);
+            first = first < 0 ? w : first;
+        }
+    held_by(c, first, held, sizeof(held));
+    fail(p, GCOMP_MISMATCH, fmt("bucket '%s' step %lld: node %s did not submit it within %d ms "
+                                "(node %d holds %s)", p->bucket, (long long)p->step, who,
+                                c->timeout_ms, first, held));
+}
+
+int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, int64_t now_ms,
+                   Gcomp__Decision *dec)
 {
     int rc = GCOMP_OK;
+    c->now_ms = now_ms;
+    for (int w = 0; w < c->nodes; w++)
+        for (size_t i = 0; i < reports[w]->n_recovered; i++)
+            forget_lost(c, reports[w]->recovered[i], w);
     /* Statistics every node holds: the least of what they report. */
     dec->observe_through = reports[0]->observed;
     for (int w = 1; w < c->nodes; w++)
         if (reports[w]->observed < dec->observe_through)
             dec->observe_through = reports[w]->observed;
     for (int w = 0; w < c->nodes; w++)
-        for (size_t i = 0; i < reports[w]->n_unregistered; i++)
+        for (size_t i = 0; i < reports[w]->n_unregistered; i++) {
             on_unregistered(c, w, reports[w]->unregistered[i]);
+            forget_lost(c, reports[w]->unregistered[i], w);
+        }
     for (int w = 0; w < c->nodes && !rc; w++) {
         const Gcomp__NodeReport *r = reports[w];
         dec->shutdown |= r->shutdown;
@@ -396,6 +499,7 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
         int gone = gone_node(c, p);
         if (gone >= 0)
             fail(p, GCOMP_PEER_LOST, fmt("bucket '%s' was unregistered on node %d", p->bucket, gone));
+        check_pending(c, p);
         if (p->status || p->nready == c->nodes) {
             rc = add_entry(c, dec, p->bucket, p->step, p->status, p->error);
             pending_free(p);

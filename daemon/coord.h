@@ -18,16 +18,21 @@
 
 typedef struct gcd_coord gcd_coord;
 
-gcd_coord *gcd_coord_new(int nodes);
+/* timeout_ms: a bucket step that some nodes never report (their trainers registered
+   other names) fails after this long. The engine gives twice --timeout-ms, so that a
+   node's own, more precise reason (a slot that never registered or submitted, checked
+   after --timeout-ms) arrives first. */
+gcd_coord *gcd_coord_new(int nodes, int timeout_ms);
 /* NULL is a no-op. */
 void gcd_coord_free(gcd_coord *c);
 
 /*
- * One cycle: reports[w] is node w's report. Fills *dec (initialised by the caller
- * with GCOMP__DECISION__INIT); free its contents with gcd_coord_decision_clear().
- * Returns 0 or GCOMP_NOMEM.
+ * One cycle at time now_ms (the monotonic clock): reports[w] is node w's report. Fills
+ * *dec (initialised by the caller with GCOMP__DECISION__INIT); free its contents with
+ * gcd_coord_decision_clear(). Returns 0 or GCOMP_NOMEM.
  */
-int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decision *dec);
+int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, int64_t now_ms,
+                   Gcomp__Decision *dec);
 void gcd_coord_decision_clear(Gcomp__Decision *dec);
 
 /* Checkpoints: the buckets' numbers ('COOR' record), so that a restored job gives

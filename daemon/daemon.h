@@ -43,8 +43,10 @@ typedef struct gcd_bucket {
     int64_t pending_step; /* -1: none */
     bool queued;          /* all slots submitted: handed to the engine */
     int64_t last_step;    /* last step finished (ok or failed); -1 before any */
-    char lost[640];       /* non-empty: a registered trainer left; steps fail until
-                             a trainer takes its slot again */
+    char lost[640];       /* non-empty: a registered trainer left (or registered another
+                             layout); steps fail until every slot holds it again */
+    int lost_status;      /* GCOMP_PEER_LOST or GCOMP_MISMATCH */
+    int64_t first_submit_ms; /* when the first slot submitted pending_step */
     int64_t failed_step;  /* a step the job failed before this node's trainers all
                              submitted it: later submits of it fail at once */
     int failed_status;
@@ -54,6 +56,7 @@ typedef struct gcd_bucket {
 
     /* Engine thread only. */
     bool announced;       /* layout sent to the coordinator */
+    bool lost_reported;   /* its lost state was reported (once), not yet its recovery */
     struct eng_bucket *eng;
 } gcd_bucket;
 
@@ -63,6 +66,7 @@ typedef struct gcd {
     int trainers;       /* on this node */
     int total_trainers; /* in the job */
     gcd_ctl *ctl;       /* the control plane (engine thread) */
+    struct gcd_live *live; /* liveness pings (liveness.h); NULL: off */
     gcd_data data;      /* the data plane (engine thread) */
     int64_t started_ms;
 
@@ -71,6 +75,9 @@ typedef struct gcd {
     gcd_bucket **buckets;       /* by id; grows under mu; a freed bucket's entry is NULL
                                    (ids are never reused) */
     uint32_t nbuckets;
+    uint32_t nlive;             /* buckets not freed */
+    uint64_t shm_bytes;         /* their shared memory */
+    uint64_t max_shm_bytes;     /* the limit (--max-bytes, or the machine's memory) */
     size_t capbuckets;
     gcd_queue to_engine, to_loop;
     int64_t max_step;           /* highest step any local trainer submitted */
@@ -103,7 +110,10 @@ typedef struct gcd {
     struct gcd_session *sessions;
     struct gcd_session *slots[GCD_MAX_TRAINERS];
     uv_poll_t listen_poll, ctl_poll;
+    uv_timer_t tick;            /* deadlines (sessions.c) */
     int listen_fd, ctl_fd;
+    int reserve_fd;             /* given up to refuse a connection when out of fds */
+    int64_t emfile_logged_ms;
     char sock_path[256], ctl_path[256];
 } gcd;
 
@@ -115,6 +125,9 @@ gcd_bucket *gcd_bucket_by_id(gcd *d, uint32_t id);
 /* Create the bucket, or check the layout against the registered one. */
 int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
                         gcd_bucket **out, char *err, size_t errlen);
+/* A bucket every slot released, with no step pending, dies: the engine drops its
+   state (GCD_EV_UNREGISTER), then the loop frees it. */
+void gcd_bucket_maybe_die(gcd *d, gcd_bucket *b);
 /* Free a dying bucket's memory and its entry (loop thread, after GCD_EV_FREED). */
 void gcd_bucket_free(gcd *d, gcd_bucket *b);
 void gcd_buckets_free(gcd *d);
@@ -124,6 +137,10 @@ int gcd_sessions_start(gcd *d);
 void *gcd_sessions_run(void *arg);
 /* Wake the loop thread (any thread). */
 void gcd_sessions_wake(gcd *d);
+
+/* The lowest node that does not answer a liveness ping within wait_ms, -1 if every node
+   answers, -2 if that cannot be known (liveness.h). Engine thread. */
+int gcd_silent_node(gcd *d, int wait_ms);
 
 /* The engine (loop.c), on the main thread: returns when the job shuts down. */
 int gcd_engine_run(gcd *d);

@@ -162,12 +162,15 @@ void eng_fail_everything(engine *e, int status, const char *why);
    their sockets a moment, and take the job down. Returns the status for the caller to
    return up to gcd_engine_run. */
 int eng_fatal(engine *e, int status, const char *why);
+/* The same for a transport's error during `what`: names the node that went silent, if
+   one did (a peer died mid-collective). */
+int eng_fatal_transport(engine *e, int status, const char *what);
 
 /* ---- negotiate.c ---- */
 int eng_negotiate_init(engine *e);
 void eng_negotiate_free(engine *e);
 /* Take the loop thread's events into the next report (local sums started, failures,
-   asks). */
+   asks). Returns 1 if it did work, 0 if not, < 0 on a fatal error (reported). */
 int eng_take_events(engine *e);
 /* One turn of the negotiation (never blocks). Returns 1 if it did work, 0 if not, < 0
    on a fatal error. */

@@ -12,7 +12,9 @@ enum gcd_event_kind {
     GCD_EV_READY,     /* loop -> engine: bucket's pending_step fully submitted */
     GCD_EV_FAIL,      /* loop -> engine: this node failed bucket's step (step -1: any) */
     GCD_EV_POLICY,    /* loop -> engine: policy switch asked (text = spec) by ctl_id */
-    GCD_EV_SHUTDOWN,  /* loop -> engine: job-wide shutdown asked */
+    GCD_EV_SHUTDOWN,  /* loop -> engine: job-wide shutdown asked (gcompctl) */
+    GCD_EV_SIGNAL,    /* signal thread -> engine: SIGTERM/SIGINT: a peer died and mpirun
+                         takes the job down, or the job is asked to stop */
     GCD_EV_QUERY,     /* loop -> engine: a query for the policy (text = args, '\n'-separated) */
     GCD_EV_CHECKPOINT,/* loop -> engine: save a checkpoint in text (a directory) */
     GCD_EV_UNREGISTER,/* loop -> engine: bucket is dying: drop its engine state */

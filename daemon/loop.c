@@ -13,6 +13,7 @@
 
 #include "base/clock.h"
 #include "engine.h"
+#include "liveness.h"
 #include "log.h"
 
 void eng_fail_everything(engine *e, int status, const char *why)
@@ -36,6 +37,26 @@ static void say_goodbye(gcd *d, int status, const char *why)
         snprintf(d->bye_text, sizeof(d->bye_text), "%s", why);
     }
     pthread_mutex_unlock(&d->mu);
+}
+
+int gcd_silent_node(gcd *d, int wait_ms)
+{
+    int node = -1;
+    return gcd_live_check(d->live, wait_ms, &node) == GCOMP_OK ? node : -2;
+}
+
+int eng_fatal_transport(engine *e, int status, const char *what)
+{
+    gcd *d = e->d;
+    int node = gcd_silent_node(d, d->cfg.timeout_ms < 1000 ? d->cfg.timeout_ms : 1000);
+    char why[900];
+    if (node >= 0)
+        snprintf(why, sizeof(why), "%s failed on node %d: node %d stopped answering (%s): the "
+                 "job is going down", what, d->node, node, gcomp_strerror(status));
+    else
+        snprintf(why, sizeof(why), "%s failed on node %d: %s", what, d->node,
+                 gcomp_strerror(status));
+    return eng_fatal(e, node >= 0 ? GCOMP_PEER_LOST : status, why);
 }
 
 int eng_fatal(engine *e, int status, const char *why)
@@ -98,7 +119,7 @@ int gcd_engine_run(gcd *d)
     int rc = gcd_pool_new(e.threads, wake_engine, d, &e.pool);
     if (!rc)
         rc = eng_pipeline_init(&e);
-    if (!rc && d->node == 0 && !(e.coord = gcd_coord_new(d->nodes)))
+    if (!rc && d->node == 0 && !(e.coord = gcd_coord_new(d->nodes, 2 * d->cfg.timeout_ms)))
         rc = GCOMP_NOMEM;
     gp_instance *p0 = NULL;
     if (!rc && d->cfg.restore[0] && eng_checkpoint_read(&e, d->cfg.restore, &p0))
@@ -118,11 +139,17 @@ int gcd_engine_run(gcd *d)
     } else if (!rc && (e.declog = tmp.file)) {
         setvbuf(e.declog, NULL, _IOLBF, 0);
     }
-    if (!rc)
+    if (!rc) {
         gcd_log_info("engine: %d worker thread(s), %d lane(s)", e.threads, e.lanes);
+        gcd_live_verify(d->live, 3000);
+    }
     while (!rc) {
         int work = 0, r;
-        work |= eng_take_events(&e);
+        if ((r = eng_take_events(&e)) < 0) {
+            rc = r;
+            break;
+        }
+        work |= r;
         if ((r = eng_negotiate(&e)) < 0) {
             rc = r;
             break;
@@ -133,7 +160,6 @@ int gcd_engine_run(gcd *d)
             break;
         }
         work |= r;
-        work |= gcd_ctl_progress(d->ctl);
         checkpoint_if_drained(&e);
         eng_answer_queries(&e);
         if (e.shutting_down && !e.in_flight && !gcd_pool_busy(e.pool) && eng_collects_done(&e)) {

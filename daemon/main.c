@@ -4,28 +4,44 @@
  * thread until the job shuts down (gcompctl shutdown, SIGTERM or SIGINT on any node).
  */
 #include <cblas.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/clock.h"
 #include "daemon.h"
+#include "liveness.h"
 #include "gcomp_config.h"
 #include "log.h"
 #include "policy.h"
 
 static gcd *the_daemon;
+static int signal_pipe[2] = {-1, -1};
 
-/* A signal asks for a job-wide shutdown, like gcompctl shutdown. */
+/* SIGTERM and SIGINT, in whichever thread the kernel picks (MPI's and PMIx's own
+   threads may not block them): only a write to the pipe, async-signal-safe. */
+static void on_signal(int sig)
+{
+    unsigned char b = (unsigned char)sig;
+    ssize_t n = write(signal_pipe[1], &b, 1);
+    (void)n;
+}
+
+/* The engine hears of a signal (a dead peer's mpirun taking the job down, or a request
+   to stop): it finds out which and acts (negotiate.c). */
 static void *signal_thread(void *arg)
 {
-    sigset_t *set = arg;
-    int sig;
-    if (sigwait(set, &sig) == 0 && the_daemon) {
-        gcd_log_info("signal %d: shutting the job down", sig);
+    (void)arg;
+    unsigned char b;
+    while (read(signal_pipe[0], &b, 1) == 1 && the_daemon) {
+        gcd_log_info("signal %d", (int)b);
         pthread_mutex_lock(&the_daemon->mu);
-        gcd_queue_push(&the_daemon->to_engine, GCD_EV_SHUTDOWN, 0, 0, 0, 0, NULL);
+        gcd_queue_push(&the_daemon->to_engine, GCD_EV_SIGNAL, 0, 0, b, 0, NULL);
         pthread_cond_signal(&the_daemon->cv);
         pthread_mutex_unlock(&the_daemon->mu);
     }
@@ -41,12 +57,17 @@ int main(int argc, char **argv)
     char err[1024];
     int rc = gcd_config_load(argc, argv, &d.cfg, err, sizeof(err));
     if (rc == 1) {
+        char keys[2048];
         printf("\ncodecs (--codec NAME[:key=value,...]):\n");
-        for (int i = 0; i < gk_ncodecs; i++)
-            printf("  %-18s %s\n", gk_codecs[i]->name, gk_codecs[i]->summary);
+        for (int i = 0; i < gk_ncodecs; i++) {
+            gk_codec_keys_help(gk_codecs[i], keys, sizeof(keys));
+            printf("  %-18s %s\n  %-18s keys: %s\n", gk_codecs[i]->name, gk_codecs[i]->summary,
+                   "", keys);
+        }
         printf("\npolicies (--policy NAME[:key=value,...]):\n");
         for (int i = 0; i < gp_npolicies; i++)
-            printf("  %-18s %s\n", gp_policies[i]->name, gp_policies[i]->summary);
+            printf("  %-18s %s\n  %-18s keys: %s\n", gp_policies[i]->name, gp_policies[i]->summary,
+                   "", gp_policies[i]->keys_help);
         printf("\ntransports (--transport NAME):\n");
         for (int i = 0; i < gcd_ndata_transports; i++)
             printf("  %-18s %s\n", gcd_data_transports[i]->name, gcd_data_transports[i]->summary);
@@ -56,6 +77,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "gcompd: %s\n", err);
         return 2;
     }
+    /* Every bucket holds trainers + 1 descriptors: take what the hard limit allows. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    d.max_shm_bytes = d.cfg.max_bytes ? d.cfg.max_bytes
+                                      : (pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page
+                                                               : UINT64_MAX);
     gp_instance *check;
     if (gp_instance_create(d.cfg.policy, NULL, &check, err, sizeof(err))) {
         fprintf(stderr, "gcompd: %s\n", err);
@@ -72,11 +103,14 @@ int main(int argc, char **argv)
     }
 
     /* Signals go to one thread; the others (MPI's included) never see them. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (pipe2(signal_pipe, O_CLOEXEC) < 0) {
+        fprintf(stderr, "gcompd: pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     if ((rc = gcd_ctl_init(&argc, &argv, d.cfg.lanes, &d.ctl))) {
@@ -144,6 +178,8 @@ int main(int argc, char **argv)
             if (!oks[w] && !rc)
                 rc = GCOMP_PEER_LOST;
     free(oks);
+    if (!rc && (rc = gcd_live_start(d.ctl, &d.loop, &d.live)))
+        gcd_log_error("liveness: %s", gcomp_strerror(rc));
     if (rc) {
         if (d.node == 0)
             fprintf(stderr, "gcompd: start-up failed (see the messages above)\n");
@@ -158,7 +194,7 @@ int main(int argc, char **argv)
 
     the_daemon = &d;
     pthread_t loop_thread, sig_thread;
-    pthread_create(&sig_thread, NULL, signal_thread, &set);
+    pthread_create(&sig_thread, NULL, signal_thread, NULL);
     pthread_detach(sig_thread);
     pthread_create(&loop_thread, NULL, gcd_sessions_run, &d);
 
@@ -171,6 +207,7 @@ int main(int argc, char **argv)
     pthread_join(loop_thread, NULL);
     gcd_stats_close(&d.stats);
     gcd_buckets_free(&d);
+    gcd_live_free(d.live);
     if (rc) {
         gcd_log_error("the engine stopped: %s; aborting the job", gcomp_strerror(rc));
         gcd_ctl_abort(d.ctl, 1);

@@ -69,7 +69,7 @@ int eng_negotiate_init(engine *e)
     }
     n->last_ms = gk_now_ms();
     e->neg = n;
-    if (e->d->node == 0 && !e->coord && !(e->coord = gcd_coord_new(W)))
+    if (e->d->node == 0 && !e->coord && !(e->coord = gcd_coord_new(W, 2 * e->d->cfg.timeout_ms)))
         return GCOMP_NOMEM;
     return GCOMP_OK;
 }
@@ -273,6 +273,26 @@ int eng_take_events(engine *e)
         case GCD_EV_SHUTDOWN:
             e->shutdown_asked = true;
             break;
+        case GCD_EV_SIGNAL: {
+            /* mpirun sends SIGTERM when a peer died: find out, so the trainers learn
+               which node, before it kills us. Otherwise a job-wide shutdown. */
+            int node = gcd_silent_node(d, 300);
+            if (node >= 0) {
+                char why[256];
+                snprintf(why, sizeof(why), "node %d stopped answering (its daemon is gone): "
+                         "the job is going down", node);
+                free(ev);
+                for (gcd_event *rest = next; rest;) {
+                    gcd_event *n2 = rest->next;
+                    free(rest);
+                    rest = n2;
+                }
+                return eng_fatal(e, GCOMP_PEER_LOST, why);
+            }
+            gcd_log_info("signal %d: shutting the job down", ev->status);
+            e->shutdown_asked = true;
+            break;
+        }
         case GCD_EV_QUERY:
             ev->next = e->queries; /* answered when no collect() runs (policy_host.c) */
             e->queries = ev;
@@ -332,13 +352,32 @@ static int build_report(engine *e, uint8_t **out, size_t *len)
     gcd *d = e->d;
     struct eng_negotiation *n = e->neg;
     Gcomp__NodeReport r = GCOMP__NODE_REPORT__INIT;
-    /* Buckets with a lost trainer fail whatever step the other nodes start. */
+    /* A bucket with a lost trainer fails whatever step the other nodes start, until
+       every slot holds it again: each change is reported once. */
+    char **recovered = NULL;
+    size_t nrec = 0;
     pthread_mutex_lock(&d->mu);
-    for (uint32_t i = 0; i < d->nbuckets; i++)
-        if (d->buckets[i] && !d->buckets[i]->dying && d->buckets[i]->lost[0])
-            report_add(&n->rb, d->buckets[i]->name, -1, GCOMP_PEER_LOST, d->buckets[i]->lost);
+    for (uint32_t i = 0; i < d->nbuckets; i++) {
+        gcd_bucket *b = d->buckets[i];
+        if (!b || b->dying)
+            continue;
+        if (b->lost[0] && !b->lost_reported) {
+            report_add(&n->rb, b->name, -1, b->lost_status ? b->lost_status : GCOMP_PEER_LOST,
+                       b->lost);
+            b->lost_reported = true;
+        } else if (!b->lost[0] && b->lost_reported) {
+            char **arr = realloc(recovered, (nrec + 1) * sizeof(*arr));
+            if (arr) {
+                recovered = arr;
+                recovered[nrec++] = b->name;
+                b->lost_reported = false;
+            }
+        }
+    }
     r.max_step = d->max_step;
     pthread_mutex_unlock(&d->mu);
+    r.recovered = recovered;
+    r.n_recovered = nrec;
     r.node = d->node;
     r.ready = n->rb.entries;
     r.n_ready = n->rb.n;
@@ -355,6 +394,7 @@ static int build_report(engine *e, uint8_t **out, size_t *len)
     *out = malloc(*len ? *len : 1);
     if (*out)
         gcomp__node_report__pack(&r, *out);
+    free(recovered); /* the names belong to the buckets, which only the loop frees */
     report_clear(&n->rb);
     return *out ? GCOMP_OK : GCOMP_NOMEM;
 }
@@ -374,7 +414,7 @@ static int coordinate(engine *e, uint8_t **out, size_t *outlen)
         }
     Gcomp__Decision dec = GCOMP__DECISION__INIT;
     if (!rc)
-        rc = gcd_coord_step(e->coord, r, &dec);
+        rc = gcd_coord_step(e->coord, r, gk_now_ms(), &dec);
     if (!rc) {
         *outlen = gcomp__decision__get_packed_size(&dec);
         *out = malloc(*outlen ? *outlen : 1);
@@ -472,11 +512,14 @@ static int negotiation_stall(engine *e, int node)
 {
     gcd *d = e->d;
     if (node < 0)
-        gcd_ctl_find_silent(d->ctl, d->cfg.timeout_ms < 2000 ? d->cfg.timeout_ms : 2000, &node);
+        node = gcd_silent_node(d, d->cfg.timeout_ms < 2000 ? d->cfg.timeout_ms : 2000);
     char why[256];
     if (node >= 0)
         snprintf(why, sizeof(why), "node %d stopped answering for %d ms: job aborted", node,
                  d->cfg.timeout_ms);
+    else if (node == -2)
+        snprintf(why, sizeof(why), "a node stopped answering for %d ms (which one is unknown: "
+                 "liveness pings do not get through): job aborted", d->cfg.timeout_ms);
     else
         snprintf(why, sizeof(why), "the negotiation did not finish in %d ms (every node "
                  "answers): job aborted", d->cfg.timeout_ms);
@@ -530,7 +573,7 @@ int eng_negotiate(engine *e)
             rc = gcd_ctl_report_send(d->ctl, buf, len);
             free(buf);
             if (rc)
-                return eng_fatal(e, rc, "sending the report to node 0 failed");
+                return eng_fatal_transport(e, rc, "sending the report to node 0");
         }
         n->waiting = true;
         n->sent_ms = now;
@@ -542,7 +585,7 @@ int eng_negotiate(engine *e)
                 continue;
             bool got;
             if ((rc = gcd_ctl_report_poll(d->ctl, w, &n->reports[w], &n->lens[w], &got)))
-                return eng_fatal(e, rc, "receiving a report failed");
+                return eng_fatal_transport(e, rc, "receiving a report");
             if (got) {
                 n->ngot++;
                 work = 1;
@@ -573,7 +616,7 @@ int eng_negotiate(engine *e)
     size_t got_len = 0;
     bool got;
     if ((rc = gcd_ctl_decision_poll(d->ctl, &got_buf, &got_len, &got)))
-        return eng_fatal(e, rc, "receiving the decision failed");
+        return eng_fatal_transport(e, rc, "receiving the decision");
     if (!got)
         return now - n->sent_ms > d->cfg.timeout_ms ? negotiation_stall(e, -1) : work;
     n->pending = gcomp__decision__unpack(NULL, got_len, got_buf);

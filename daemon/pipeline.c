@@ -442,6 +442,12 @@ static int decode_job(void *arg, size_t j, const gk_exec *exec)
 static int fail_step(eng_step *s, int rc, const char *what)
 {
     char why[700];
+    if (rc == GCOMP_IO) {
+        /* The transport broke: likely a peer went away. */
+        snprintf(why, sizeof(why), "bucket '%s' step %lld: the %s", s->b->name,
+                 (long long)s->step, what);
+        return eng_fatal_transport(s->e, rc, why);
+    }
     snprintf(why, sizeof(why), "bucket '%s' step %lld: %s failed on node %d: %s", s->b->name,
              (long long)s->step, what, s->e->d->node, gcomp_strerror(rc));
     return eng_fatal(s->e, rc, why);
@@ -451,13 +457,16 @@ static int fail_step(eng_step *s, int rc, const char *what)
 static int stalled(eng_step *s, const char *what)
 {
     engine *e = s->e;
-    int node = -1, wait = e->d->cfg.timeout_ms < 2000 ? e->d->cfg.timeout_ms : 2000;
-    gcd_ctl_find_silent(e->d->ctl, wait, &node);
+    int node = gcd_silent_node(e->d, e->d->cfg.timeout_ms < 2000 ? e->d->cfg.timeout_ms : 2000);
     char why[700];
     if (node >= 0)
         snprintf(why, sizeof(why), "node %d stopped answering for %d ms during the %s of bucket "
                  "'%s' step %lld: job aborted", node, e->d->cfg.timeout_ms, what, s->b->name,
                  (long long)s->step);
+    else if (node == -2)
+        snprintf(why, sizeof(why), "a node stopped answering for %d ms during the %s of bucket "
+                 "'%s' step %lld (which one is unknown: liveness pings do not get through): "
+                 "job aborted", e->d->cfg.timeout_ms, what, s->b->name, (long long)s->step);
     else
         snprintf(why, sizeof(why), "the %s of bucket '%s' step %lld did not finish in %d ms "
                  "(every node answers): job aborted", what, s->b->name, (long long)s->step,

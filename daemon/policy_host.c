@@ -118,7 +118,6 @@ static int allreduce_now(engine *e, float *v, size_t n)
     int64_t deadline = gk_now_ms() + e->d->cfg.timeout_ms;
     for (bool done = false; !rc && !done;) {
         rc = dp->ops->test(dp->priv, req, &done);
-        gcd_ctl_progress(e->d->ctl);
         if (!rc && !done && gk_now_ms() > deadline)
             rc = GCOMP_STALL;
     }

@@ -108,6 +108,21 @@ int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
             return GCOMP_INVALID;
         }
     } else {
+        uint64_t bytes = (uint64_t)layout->numel * sizeof(float) * (uint64_t)(d->trainers + 1);
+        if (d->nlive >= (uint32_t)d->cfg.max_buckets) {
+            snprintf(err, errlen, "bucket '%s': node %d already holds %u buckets (--max-buckets "
+                     "%d); unregister some first", name, d->node, d->nlive, d->cfg.max_buckets);
+            return GCOMP_LIMIT;
+        }
+        if (bytes > d->max_shm_bytes || d->shm_bytes > d->max_shm_bytes - bytes) {
+            snprintf(err, errlen, "bucket '%s': %zu elements need %llu bytes of shared memory "
+                     "(%d trainer regions and a result), node %d has %llu of %llu left "
+                     "(--max-bytes)", name, layout->numel, (unsigned long long)bytes,
+                     d->trainers, d->node,
+                     (unsigned long long)(d->max_shm_bytes - d->shm_bytes),
+                     (unsigned long long)d->max_shm_bytes);
+            return GCOMP_LIMIT;
+        }
         gcd_bucket **arr = gk_grow(d->buckets, &d->capbuckets, (size_t)d->nbuckets + 1,
                                    sizeof(*arr));
         if (!arr)
@@ -118,6 +133,8 @@ int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
             return rc;
         b->id = d->nbuckets;
         d->buckets[d->nbuckets++] = b;
+        d->nlive++;
+        d->shm_bytes += bytes;
     }
     b->registered |= 1ull << slot;
     b->released &= ~(1ull << slot);
@@ -127,9 +144,21 @@ int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
     return GCOMP_OK;
 }
 
+void gcd_bucket_maybe_die(gcd *d, gcd_bucket *b)
+{
+    uint64_t all = b->trainers == 64 ? ~0ull : (1ull << b->trainers) - 1;
+    if (b->released == all && b->pending_step < 0 && !b->dying) {
+        b->dying = true;
+        gcd_queue_push(&d->to_engine, GCD_EV_UNREGISTER, b->id, 0, 0, 0, NULL);
+        pthread_cond_signal(&d->cv);
+    }
+}
+
 void gcd_bucket_free(gcd *d, gcd_bucket *b)
 {
     d->buckets[b->id] = NULL;
+    d->nlive--;
+    d->shm_bytes -= (uint64_t)b->layout.numel * sizeof(float) * (uint64_t)(b->trainers + 1);
     bucket_free(b);
 }
 

@@ -227,6 +227,10 @@ int gk_spec_format(const gk_spec *spec, char *buf, size_t len);
    Returns the length snprintf would have written. */
 int gk_spec_json(const gk_spec *spec, char *buf, size_t len);
 
+/* The codec's keys with ranges and defaults ("rank (1..1024, default 1: ...), ..., ef
+   (0|1, default 1), min_elements (>= 0, default 1024)") into buf, for --help. */
+void gk_codec_keys_help(const gk_codec *c, char *buf, size_t len);
+
 /* Value of a codec parameter by key; NAN if the codec has no such key. */
 double gk_spec_get(const gk_spec *spec, const char *key);
 

@@ -45,6 +45,13 @@ static void list_keys(const gk_codec *c, char *err, size_t errlen)
                  c->ef_default, GK_DEFAULT_MIN_ELEMENTS);
 }
 
+void gk_codec_keys_help(const gk_codec *c, char *buf, size_t len)
+{
+    if (len)
+        buf[0] = '\0';
+    list_keys(c, buf, len);
+}
+
 /* Parse a number that must lie in [min, max] (and be an integer if asked). */
 static int parse_value(const char *text, double min, double max, bool integer, double *out)
 {
@@ -129,14 +136,25 @@ int gk_spec_parse(const char *text, gk_spec *out, char *err, size_t errlen)
     for (int i = 0; i < c->nparams; i++)
         s.v[i] = c->params[i].def;
     if (args) {
-        char *save = NULL;
+        char *save = NULL, seen[GK_MAX_PARAMS + 2][64];
+        int nseen = 0;
         if (!*args) {
             snprintf(err, errlen, "codec '%s': empty parameter list after ':'", c->name);
             return GCOMP_INVALID;
         }
-        for (char *pair = strtok_r(args, ",", &save); pair; pair = strtok_r(NULL, ",", &save))
+        for (char *pair = strtok_r(args, ",", &save); pair; pair = strtok_r(NULL, ",", &save)) {
+            size_t klen = strcspn(pair, "=");
+            for (int k = 0; k < nseen; k++)
+                if (strlen(seen[k]) == klen && strncmp(seen[k], pair, klen) == 0) {
+                    snprintf(err, errlen, "codec '%s': key '%.*s' given twice", c->name,
+                             (int)klen, pair);
+                    return GCOMP_INVALID;
+                }
             if (parse_pair(c, &s, pair, err, errlen))
                 return GCOMP_INVALID;
+            if (nseen < GK_MAX_PARAMS + 2)
+                snprintf(seen[nseen++], sizeof(seen[0]), "%.*s", (int)klen, pair);
+        }
     }
     *out = s;
     return GCOMP_OK;

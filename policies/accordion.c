@@ -616,6 +616,7 @@ const gp_policy gp_policy_accordion = {
                "change >= eta over an interval, or LR decay) and high elsewhere; batch advice",
     .keys = acc_keys,
     .spec_keys = acc_spec_keys,
+    .keys_help = "codec (powersgd); param (the codec's knob); low, high (rank 2/1, density 0.99/0.1; else required); eta (0.5); interval (10 steps) or epochs (F); window (last|all, last); lr_drop (0); batch_low, batch_high (no advice without them); batch_up_only (0)",
     .nstats = 2,
     .collect_concurrent = true,
     .create = acc_create,

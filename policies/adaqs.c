@@ -319,6 +319,7 @@ const gp_policy gp_policy_adaqs = {
                "whenever the gradient's mean/std ratio has fallen by factor since the last switch",
     .keys = aq_keys,
     .spec_keys = aq_spec_keys,
+    .keys_help = "codec (powersgd); param (the knob); start (the spec's value); factor (2); max or min (the knob's limit)",
     .nstats = 3,
     .collect_concurrent = true,
     .create = aq_create,

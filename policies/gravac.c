@@ -670,6 +670,7 @@ const gp_policy gp_policy_gravac = {
                "gain stays above eps, capped where the throughput saturates",
     .keys = gv_keys,
     .spec_keys = gv_spec_keys,
+    .keys_help = "codec (topk; its knob must be density); min (10), max (1000): CF range; eps (0.7); omega (0.01); window (500 steps); scaling (exp|geo, exp)",
     .nstats = GV_NSTATS,
     .collect_concurrent = true,
     .create = gv_create,

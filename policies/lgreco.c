@@ -928,6 +928,7 @@ const gp_policy gp_policy_lgreco = {
                "the uniform default's error",
     .keys = lg_keys,
     .spec_keys = lg_spec_keys,
+    .keys_help = "codec (powersgd; a knob with fixed-size payloads); alpha (1); interval (100 steps); min, max (by the knob); count; method (auto|svd|power, auto); delta (0.01); handover (dense|direct, direct)",
     .nstats = LG_NSTATS,
     .collect_concurrent = true,
     .create = lg_create,

@@ -287,6 +287,7 @@ typedef struct perf_state {
 
 static const char *const perf_keys[] = {"candidate", "gamma", "probe", "warmup", NULL};
 static const char *const perf_spec_keys[] = {"candidate", NULL};
+static const char *const perf_multi_keys[] = {"candidate", NULL};
 
 static int add_candidate(perf_state *s, const char *text, char *err, size_t errlen)
 {
@@ -1091,6 +1092,8 @@ const gp_policy gp_policy_perfmodel = {
                "performance model of 'On the utility of gradient compression'",
     .keys = perf_keys,
     .spec_keys = perf_spec_keys,
+    .multi_keys = perf_multi_keys,
+    .keys_help = "candidate=SPEC (repeatable; default powersgd:rank=4 and topk:density=0.01, none always); gamma (1.07); probe (50 steps); warmup (5 steps)",
     .nstats = GP_PERF_NSTATS,
     .collect_concurrent = true,
     .uses_network = true,

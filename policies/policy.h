@@ -105,6 +105,11 @@ typedef struct gp_policy {
     const char *const *keys;     /* the policy's own keys, NULL-terminated; never NULL */
     const char *const *spec_keys;/* those of them whose value is a codec spec (continued
                                     by later non-policy keys), NULL-terminated; may be NULL */
+    const char *const *multi_keys; /* those of them that may be given more than once
+                                    (overrides, candidates), NULL-terminated; may be NULL:
+                                    a key given twice is refused */
+    const char *keys_help;       /* every key with its default, one line for --help;
+                                    never NULL */
     int nstats;                  /* numbers collect() writes per layer; 0 if none */
     bool collect_concurrent;     /* collect() may run for different layers (of one bucket
                                     or several) at the same time on worker threads: it

@@ -226,8 +226,23 @@ static int send_msg(gcomp_client *c, const Gcomp__TrainerMsg *m)
     int rc = gw_send(c->fd, &m->base, NULL, 0);
     if (rc == GCOMP_LIMIT)
         return set_error(c, rc, "message larger than %d bytes", GW_MAX_MSG);
-    if (rc)
+    if (rc) {
+        /* The daemon closed: what it said before (a Goodbye naming why) is still
+           readable; take it so the error is its reason, not just "lost". */
+        int err = errno;
+        for (;;) {
+            Gcomp__DaemonMsg *left = NULL;
+            int fds[GW_MAX_FDS], nfds = 0;
+            if (recv_one(c, 0, &left, fds, &nfds) != GCOMP_OK || c->lost)
+                break;
+            for (int i = 0; i < nfds; i++)
+                close(fds[i]);
+            if (left)
+                gcomp__daemon_msg__free_unpacked(left, NULL);
+        }
+        errno = err;
         return mark_lost(c, rc);
+    }
     return GCOMP_OK;
 }
 

@@ -1,27 +1,19 @@
 /*
  * control.c: the control plane on MPI (control.h). One duplicate of MPI_COMM_WORLD
- * carries the negotiation (tags REPORT, DECISION) and liveness pings (PING, PONG); one
- * more per lane carries the small reductions, so that lanes never wait on each other.
+ * carries the negotiation (tags REPORT, DECISION); one more per lane carries the small
+ * reductions, so that lanes never wait on each other.
  */
 #include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "../log.h"
 #include "base/clock.h"
 #include "control_mpi.h"
 #include "gcomp.h"
 
-enum { TAG_REPORT = 101, TAG_DECISION = 102, TAG_PING = 103, TAG_PONG = 104 };
-
-/* A pong on its way back to a pinging node. */
-typedef struct pong {
-    MPI_Request req;
-    uint64_t id;
-    struct pong *next;
-} pong;
+enum { TAG_REPORT = 101, TAG_DECISION = 102 };
 
 struct gcd_ctl {
     int node, nodes, lanes;
@@ -31,8 +23,6 @@ struct gcd_ctl {
     void *rep_buf;
     MPI_Request *dec_req; /* node 0: [nodes] the decision's sends (0 unused) */
     void *dec_buf;
-    pong *pongs;        /* pongs being sent */
-    uint64_t ping_id;   /* of this node's latest find_silent */
 };
 
 struct gcd_ctl_req {
@@ -62,6 +52,9 @@ int gcd_ctl_init(int *argc, char ***argv, int lanes, gcd_ctl **out)
         MPI_Finalize();
         return GCOMP_NOMEM;
     }
+    /* Errors come back as codes (every communicator below is a duplicate and inherits
+       this): the engine names the node that failed instead of dying on the spot. */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &c->node);
     MPI_Comm_size(MPI_COMM_WORLD, &c->nodes);
     c->lanes = lanes;
@@ -206,89 +199,6 @@ int gcd_ctl_test(gcd_ctl *c, gcd_ctl_req *req, bool *done)
     return GCOMP_OK;
 }
 
-int gcd_ctl_progress(gcd_ctl *c)
-{
-    int work = 0;
-    for (pong **p = &c->pongs; *p;) {
-        int flag = 0;
-        MPI_Test(&(*p)->req, &flag, MPI_STATUS_IGNORE);
-        if (flag) {
-            pong *done = *p;
-            *p = done->next;
-            free(done);
-            work = 1;
-        } else {
-            p = &(*p)->next;
-        }
-    }
-    for (;;) {
-        int flag = 0;
-        MPI_Status st;
-        MPI_Iprobe(MPI_ANY_SOURCE, TAG_PING, c->world, &flag, &st);
-        if (!flag)
-            return work;
-        pong *p = malloc(sizeof(*p));
-        uint64_t id = 0;
-        MPI_Recv(&id, 1, MPI_UINT64_T, st.MPI_SOURCE, TAG_PING, c->world, MPI_STATUS_IGNORE);
-        if (!p)
-            continue; /* the pinging node will think us silent; we are out of memory */
-        p->id = id;
-        MPI_Isend(&p->id, 1, MPI_UINT64_T, st.MPI_SOURCE, TAG_PONG, c->world, &p->req);
-        p->next = c->pongs;
-        c->pongs = p;
-        work = 1;
-    }
-}
-
-int gcd_ctl_find_silent(gcd_ctl *c, int wait_ms, int *node)
-{
-    int W = c->nodes;
-    bool *ok = calloc((size_t)W, sizeof(bool));
-    MPI_Request *req = calloc((size_t)W, sizeof(MPI_Request));
-    if (!ok || !req) {
-        free(ok);
-        free(req);
-        return GCOMP_NOMEM;
-    }
-    uint64_t id = ++c->ping_id;
-    ok[c->node] = true;
-    for (int w = 0; w < W; w++) {
-        req[w] = MPI_REQUEST_NULL;
-        if (w != c->node)
-            MPI_Isend(&id, 1, MPI_UINT64_T, w, TAG_PING, c->world, &req[w]);
-    }
-    int64_t deadline = gk_now_ms() + wait_ms;
-    int left = W - 1;
-    while (left > 0 && gk_now_ms() < deadline) {
-        gcd_ctl_progress(c);
-        int flag = 0;
-        MPI_Status st;
-        MPI_Iprobe(MPI_ANY_SOURCE, TAG_PONG, c->world, &flag, &st);
-        if (flag) {
-            uint64_t got;
-            MPI_Recv(&got, 1, MPI_UINT64_T, st.MPI_SOURCE, TAG_PONG, c->world, MPI_STATUS_IGNORE);
-            if (got == id && !ok[st.MPI_SOURCE]) {
-                ok[st.MPI_SOURCE] = true;
-                left--;
-            }
-            continue;
-        }
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    *node = -1;
-    for (int w = 0; w < W && *node < 0; w++)
-        if (!ok[w])
-            *node = w;
-    /* Unanswered pings stay posted; the job is about to be aborted. */
-    for (int w = 0; w < W; w++)
-        if (req[w] != MPI_REQUEST_NULL && ok[w])
-            MPI_Wait(&req[w], MPI_STATUS_IGNORE);
-    free(ok);
-    free(req);
-    return GCOMP_OK;
-}
-
 void gcd_ctl_abort(gcd_ctl *c, int code)
 {
     (void)c;
@@ -302,12 +212,6 @@ void gcd_ctl_fini(gcd_ctl *c)
     MPI_Wait(&c->rep_req, MPI_STATUS_IGNORE);
     if (c->dec_req)
         MPI_Waitall(c->nodes, c->dec_req, MPI_STATUSES_IGNORE);
-    while (c->pongs) {
-        pong *p = c->pongs;
-        MPI_Wait(&p->req, MPI_STATUS_IGNORE);
-        c->pongs = p->next;
-        free(p);
-    }
     for (int i = 0; i < c->lanes; i++)
         if (c->lane[i] != MPI_COMM_NULL && c->lane[i])
             MPI_Comm_free(&c->lane[i]);

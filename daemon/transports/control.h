@@ -1,14 +1,12 @@
 /*
  * control.h: the control plane between the daemons of a job, on MPI: start-up,
  * negotiation messages (node reports to node 0, its decisions back), small reductions
- * of policy statistics, liveness pings and abort. The data plane (data.h) moves the
- * gradients; it may be another transport, bootstrapped through this one.
+ * of policy statistics and abort. The data plane (data.h) moves the gradients; it may
+ * be another transport, bootstrapped through this one. Liveness (which node stopped
+ * answering) is asked over UDP, not MPI (daemon/liveness.h).
  *
  * Every call but gcd_ctl_init and the start-up collectives (gcd_ctl_allgather*) is
- * non-blocking: the engine polls, so one slow exchange never stops the others. Every
- * node answers liveness pings whenever it calls gcd_ctl_progress (the engine does on
- * every turn of its loop), so a node that does not answer within a second or two is
- * stopped or gone (gcd_ctl_find_silent).
+ * non-blocking: the engine polls, so one slow exchange never stops the others.
  *
  * Threads: the engine thread only (MPI_THREAD_FUNNELED); MPI is initialised here.
  */
@@ -50,12 +48,6 @@ int gcd_ctl_iallreduce(gcd_ctl *c, int lane, double *buf, size_t n, gcd_ctl_op o
                        gcd_ctl_req **req);
 /* *done when complete (the request is then freed). */
 int gcd_ctl_test(gcd_ctl *c, gcd_ctl_req *req, bool *done);
-
-/* Complete finished sends and answer other nodes' pings. Returns 1 if it did work. */
-int gcd_ctl_progress(gcd_ctl *c);
-/* Ping every other node and wait up to wait_ms (answering pings meanwhile): *node is
-   the lowest node that did not answer, or -1 if all did. */
-int gcd_ctl_find_silent(gcd_ctl *c, int wait_ms, int *node);
 
 /* Take the whole job down at once (a fatal error: the nodes are out of step). */
 void gcd_ctl_abort(gcd_ctl *c, int code);

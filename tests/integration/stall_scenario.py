@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """Run inside a private network namespace (test_stall.py starts it with unshare -n):
 shape the loopback, start 2 daemons whose MPI uses TCP over it, start a large exchange
-and stop node 1's daemon (SIGSTOP) while the data is on the wire. Prints one JSON line:
-what node 0's trainer got and how long it took."""
+and stop (SIGSTOP) or kill (SIGKILL) node 1's daemon while the data is on the wire.
+Prints one JSON line: what node 0's trainer got and how long it took.
+
+    stall_scenario.py RATE TIMEOUT_MS STOP|KILL"""
 
 import json
 import os
@@ -19,7 +21,7 @@ import gcomp  # noqa: E402
 
 
 def main():
-    rate, timeout_ms = sys.argv[1], int(sys.argv[2])
+    rate, timeout_ms, sig = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate, "burst",
                     "256kb", "latency", "50ms"], check=True)
@@ -41,7 +43,7 @@ def main():
         b1.submit(0)
         time.sleep(1.0)  # decided and on the wire by now
         pids = d.daemon_pids()
-        os.kill(pids[1], signal.SIGSTOP)
+        os.kill(pids[1], signal.SIGSTOP if sig == "STOP" else signal.SIGKILL)
         t0 = time.monotonic()
         try:
             b0.wait(4 * timeout_ms + 30000)
@@ -49,7 +51,7 @@ def main():
         except gcomp.Error as exc:
             result = {"ok": False, "name": exc.name, "message": exc.message}
         result["elapsed_s"] = time.monotonic() - t0
-        result["log"] = d.log()[-2000:]
+        result["log"] = d.log()[-4000:]
         try:
             os.kill(pids[1], signal.SIGCONT)
         except ProcessLookupError:

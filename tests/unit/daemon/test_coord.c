@@ -66,19 +66,21 @@ static void node_fail(fake_node *n, const char *name, int64_t step, int status, 
     n->p[i] = &n->e[i];
 }
 
+static int64_t fake_now_ms = 1000;
+
 static void run(gcd_coord *c, fake_node *nodes, int n, Gcomp__Decision *dec)
 {
     Gcomp__NodeReport *r[4];
     for (int w = 0; w < n; w++)
         r[w] = &nodes[w].r;
     gcomp__decision__init(dec);
-    assert_int_equal(gcd_coord_step(c, r, dec), GCOMP_OK);
+    assert_int_equal(gcd_coord_step(c, r, fake_now_ms, dec), GCOMP_OK);
 }
 
 static void test_runs_when_all_ready_in_report_order(void **st)
 {
     (void)st;
-    gcd_coord *c = gcd_coord_new(2);
+    gcd_coord *c = gcd_coord_new(2, 60000);
     fake_node n[2];
     Gcomp__Decision dec;
     node_init(&n[0], 0);
@@ -116,7 +118,7 @@ static void test_runs_when_all_ready_in_report_order(void **st)
 static void test_layout_mismatch_names_bucket_and_nodes(void **st)
 {
     (void)st;
-    gcd_coord *c = gcd_coord_new(2);
+    gcd_coord *c = gcd_coord_new(2, 60000);
     fake_node n[2];
     Gcomp__Decision dec;
     node_init(&n[0], 0);
@@ -146,7 +148,7 @@ static void test_layout_mismatch_names_bucket_and_nodes(void **st)
 static void test_step_mismatch_fails_both(void **st)
 {
     (void)st;
-    gcd_coord *c = gcd_coord_new(2);
+    gcd_coord *c = gcd_coord_new(2, 60000);
     fake_node n[2];
     Gcomp__Decision dec;
     node_init(&n[0], 0);
@@ -166,7 +168,7 @@ static void test_step_mismatch_fails_both(void **st)
 static void test_lost_trainer_fails_pending_step_everywhere(void **st)
 {
     (void)st;
-    gcd_coord *c = gcd_coord_new(3);
+    gcd_coord *c = gcd_coord_new(3, 60000);
     fake_node n[3];
     Gcomp__Decision dec;
     for (int w = 0; w < 3; w++)
@@ -196,7 +198,7 @@ static void test_lost_trainer_fails_pending_step_everywhere(void **st)
 static void test_policy_switch_applies_after_highest_step(void **st)
 {
     (void)st;
-    gcd_coord *c = gcd_coord_new(2);
+    gcd_coord *c = gcd_coord_new(2, 60000);
     fake_node n[2];
     Gcomp__Decision dec;
     node_init(&n[0], 0);
@@ -229,7 +231,7 @@ static void test_policy_switch_applies_after_highest_step(void **st)
 static void test_unregistered_bucket_fails_and_is_forgotten(void **st)
 {
     (void)st;
-    gcd_coord *c = gcd_coord_new(2);
+    gcd_coord *c = gcd_coord_new(2, 60000);
     fake_node n[2];
     Gcomp__Decision dec;
     node_init(&n[0], 0);
@@ -279,7 +281,7 @@ static void test_bucket_numbers_unique_and_restored(void **st)
 {
     (void)st;
     enum { NB = 100 };
-    gcd_coord *c = gcd_coord_new(2);
+    gcd_coord *c = gcd_coord_new(2, 60000);
     static char names[NB][16];
     uint32_t uid[NB] = {0};
     for (int round = 0; round < NB / 4; round++) {
@@ -315,7 +317,7 @@ static void test_bucket_numbers_unique_and_restored(void **st)
     assert_int_equal(gcd_coord_save(c, &w), 0);
     fclose(f);
     gcd_coord_free(c);
-    c = gcd_coord_new(2);
+    c = gcd_coord_new(2, 60000);
     f = fmemopen(buf, len, "rb");
     gk_reader r = {.f = f};
     assert_int_equal(gcd_coord_load(c, &r), 0);
@@ -341,7 +343,7 @@ static void test_bucket_numbers_unique_and_restored(void **st)
 static void test_observe_through_is_the_minimum(void **st)
 {
     (void)st;
-    gcd_coord *c = gcd_coord_new(3);
+    gcd_coord *c = gcd_coord_new(3, 60000);
     fake_node n[3];
     Gcomp__Decision dec;
     for (int w = 0; w < 3; w++)
