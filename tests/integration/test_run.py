@@ -86,8 +86,7 @@ def test_launcher_signal_kills_everything(build, sig):
                             env=build.env(), start_new_session=True)
     try:
         # Both trainers connected (so both daemons run) before the signal.
-        for _ in range(2):
-            assert proc.stdout.readline().strip() == "up"
+        assert sorted(proc.stdout.readline().strip() for _ in range(2)) == ["[0] up", "[1] up"]
         t0 = time.monotonic()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
@@ -147,10 +146,218 @@ def test_hostfile_mode_single_host(build, tmp_path):
     assert_clean(job_id, job_dir)
 
 
-def test_daemon_failure_status(build):
-    # gcompd refuses an unknown codec at start-up: mpirun fails, the trainers (blocked
-    # in connect) are killed and gcomp-run exits with mpirun's non-zero status.
-    rc, log, job_id, job_dir = run(build, ["--nodes", "2", "--codec", "no-such-codec"])
-    assert rc not in (0, None), log
-    assert "no-such-codec" in log and "the daemons (mpirun) exited" in log, log
-    assert_clean(job_id, job_dir)
+def test_daemon_failure_status(build, tmp_path):
+    # gcompd refuses an unknown codec at start-up: gcomp-run says so, exits 2 and starts
+    # no trainer (the trainer would leave a file behind).
+    marker = tmp_path / "trainer-ran"
+    argv = [build.gcomp_run, "-v", "--nodes", "2", "--codec", "no-such-codec", "--",
+            "sh", "-c", f"touch {marker}"]
+    res = subprocess.run(argv, capture_output=True, text=True, env=build.env(), timeout=120)
+    log = res.stdout + res.stderr
+    assert res.returncode == 2, log
+    assert "unknown codec 'no-such-codec'" in log, log  # gcompd's own message
+    assert "the daemons (mpirun) exited" in log and "no trainer was started" in log, log
+    assert not marker.exists(), "a trainer was started although the daemons had failed"
+    assert_clean(*job_of(res.stderr))
+
+
+def test_help_example_runs(build):
+    # The example of --help is a job gcompd accepts (with `true` as the trainer).
+    res = subprocess.run([build.gcomp_run, "--help"], capture_output=True, text=True,
+                         env=build.env(), timeout=60)
+    assert res.returncode == 0, res.stderr
+    m = re.search(r"Example: gcomp-run (.*?) -- ", " ".join(res.stdout.split()))
+    assert m, res.stdout
+    res = subprocess.run([build.gcomp_run, "-v", *m.group(1).split(), "--", "true"],
+                         capture_output=True, text=True, env=build.env(), timeout=120)
+    assert res.returncode == 0, f"the --help example fails ({res.returncode}):\n{res.stderr}"
+    assert_clean(*job_of(res.stderr))
+
+
+def test_trainer_that_never_connects(build):
+    # The trainers exit before the daemon is up: gcomp-run used to send the shutdown
+    # request too early ("cannot connect") and exit 1.
+    for _ in range(3):
+        res = subprocess.run([build.gcomp_run, "-v", "--nodes", "1", "--", "true"],
+                             capture_output=True, text=True, env=build.env(), timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert_clean(*job_of(res.stderr))
+
+
+# A trainer (rank 0) that prints the command line and the GCOMP_* environment of every
+# gcompd process of its job.
+INSPECT_DAEMONS = r'''
+import json, os
+if os.environ["RANK"] == "0":
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
+            env = open(f"/proc/{pid}/environ", "rb").read().decode().split("\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == "gcompd" and os.environ["GCOMP_JOB_ID"] in argv:
+            found.append({"argv": argv, "env": dict(kv.split("=", 1) for kv in env
+                                                    if kv.startswith("GCOMP_"))})
+    print("DAEMONS", json.dumps(found))
+'''
+
+
+@pytest.mark.parametrize("mode", ["local", "hostfile"])
+def test_daemon_settings_reach_every_daemon(build, tmp_path, mode):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=8\n")
+    where = ["--nodes", "2"] if mode == "local" else ["--hostfile", str(hostfile)]
+    argv = [build.gcomp_run, "-v", *where, "--log-level", "warning", "--nonfinite", "skip",
+            "--decision-log", "decisions.jsonl", "--daemon-opt", "timeout-ms=45000",
+            "--daemon-opt", "cycle-ms=3", "--", PYTHON, "-c", INSPECT_DAEMONS]
+    # GCOMP_SEED must reach the daemons; GCOMP_RANK is the launcher's to set per trainer.
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env=build.env(GCOMP_SEED="77", GCOMP_RANK="99"))
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if line.startswith("[0] DAEMONS ")]
+    assert len(lines) == 1, res.stdout
+    daemons = json.loads(lines[0][len("[0] DAEMONS "):])
+    assert len(daemons) == (2 if mode == "local" else 1), daemons
+    for d in daemons:
+        opts = dict(zip(d["argv"], d["argv"][1:]))
+        assert opts["--log-level"] == "warning" and opts["--nonfinite"] == "skip", d["argv"]
+        assert opts["--decision-log"] == str(tmp_path / "decisions.jsonl"), d["argv"]
+        assert opts["--timeout-ms"] == "45000" and opts["--cycle-ms"] == "3", d["argv"]
+        assert d["env"].get("GCOMP_SEED") == "77", d["env"]
+        assert "GCOMP_RANK" not in d["env"], d["env"]
+    if mode == "hostfile":
+        # What crosses to other hosts is named with mpirun -x.
+        daemon_cmd = next(line for line in res.stderr.splitlines() if "starting the daemons" in line)
+        assert "-x GCOMP_SEED" in daemon_cmd and "GCOMP_RANK" not in daemon_cmd, daemon_cmd
+    assert_clean(*job_of(res.stderr))
+
+
+def test_daemon_flags_are_passed_through(build, tmp_path):
+    # --threads and --timeline go to gcompd as they are (paths made absolute), whether
+    # or not this gcompd knows them yet: it then refuses them itself.
+    res = subprocess.run([build.gcomp_run, "-v", "--threads", "2", "--timeline", "tl.json",
+                          "--", "true"], capture_output=True, text=True, cwd=tmp_path,
+                         env=build.env(), timeout=120)
+    daemon_cmd = next(line for line in res.stderr.splitlines() if "starting the daemons" in line)
+    assert f"--threads 2 --timeline {tmp_path / 'tl.json'}" in daemon_cmd, daemon_cmd
+    assert res.returncode == 0 or (res.returncode == 2 and "gcompd:" in res.stderr), res.stderr
+    assert_clean(*job_of(res.stderr))
+
+
+@pytest.mark.parametrize("opt,message", [
+    ("log-level", "expected KEY=VALUE"), ("Log-Level=debug", "expected KEY=VALUE"),
+    ("dir=/tmp/x", "set by gcomp-run"), ("job-id=abc", "set by gcomp-run")])
+def test_bad_daemon_opt(build, opt, message):
+    res = subprocess.run([build.gcomp_run, "--daemon-opt", opt, "--", "true"],
+                         capture_output=True, text=True, env=build.env(), timeout=60)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+# A trainer whose output must come out whole: many lines (some flushed, some not), a
+# 100 kB line, stderr lines, and a last line without a newline.
+CHATTY = r'''
+import os, sys
+r = os.environ["RANK"]
+for i in range(300):
+    print(f"out {r} {i}", flush=i % 7 == 0)
+print("B" * 100000, flush=True)
+for i in range(50):
+    print(f"err {r} {i}", file=sys.stderr, flush=True)
+sys.stdout.write(f"last {r}")
+'''
+
+
+def lines_by_rank(text):
+    """{rank: [line, ...]} of the [RANK]-prefixed lines of text."""
+    got = {}
+    for line in text.splitlines():
+        m = re.match(r"\[(\d+)\] (.*)\Z", line)
+        if m:
+            got.setdefault(int(m.group(1)), []).append(m.group(2))
+    return got
+
+
+@pytest.mark.parametrize("mode", ["local", "hostfile"])
+def test_output_is_prefixed_with_rank(build, tmp_path, mode):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=8\n")
+    where = (["--nodes", "2", "--trainers-per-node", "2"] if mode == "local" else
+             ["--hostfile", str(hostfile), "--trainers-per-node", "3"])
+    res = subprocess.run([build.gcomp_run, "-v", *where, "--", PYTHON, "-c", CHATTY],
+                         capture_output=True, text=True, env=build.env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    out, err = lines_by_rank(res.stdout), lines_by_rank(res.stderr)
+    ranks = range(4 if mode == "local" else 3)
+    assert sorted(out) == list(ranks) and sorted(err) == list(ranks), (sorted(out), sorted(err))
+    for r in ranks:
+        assert out[r] == [f"out {r} {i}" for i in range(300)] + ["B" * 100000, f"last {r}"], \
+            f"rank {r}: stdout lines lost, cut or out of order"
+        assert err[r] == [f"err {r} {i}" for i in range(50)], f"rank {r}: stderr lines"
+    assert all(re.match(r"\[\d+\] ", line) for line in res.stdout.splitlines()), res.stdout[:2000]
+    assert_clean(*job_of(res.stderr))
+
+
+def test_output_of_a_failing_trainer_is_kept(build):
+    # Rank 1 prints and exits 3 at once; rank 0 is still running and gets killed. What
+    # both wrote before is all there.
+    code = ("import os, sys, time; r = int(os.environ['RANK']); print('before', r, flush=True); "
+            "sys.stdout.write('partial'); sys.exit(3) if r == 1 else time.sleep(300)")
+    res = subprocess.run([build.gcomp_run, "-v", "--nodes", "2", "--", PYTHON, "-c", code],
+                         capture_output=True, text=True, env=build.env(), timeout=120)
+    assert res.returncode == 3, res.stderr
+    got = lines_by_rank(res.stdout)
+    assert got[1] == ["before 1", "partial"], res.stdout
+    assert got[0][0] == "before 0", res.stdout
+    assert_clean(*job_of(res.stderr))
+
+
+def test_raw_output(build):
+    res = subprocess.run([build.gcomp_run, "-v", "--raw-output", "--nodes", "2", "--",
+                          PYTHON, "-c", "print('plain')"], capture_output=True, text=True,
+                         env=build.env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["plain", "plain"], res.stdout
+
+
+# torch.distributed from the launcher's variables alone (env:// rendezvous, gloo).
+TORCH_TRAINER = r'''
+import json, os
+import torch
+import torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+print("TORCH", json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(),
+                           "sum": t.item(), "env": {k: os.environ[k] for k in (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+    "GCOMP_RANK", "GCOMP_WORLD_SIZE", "GCOMP_LOCAL_RANK", "GCOMP_LOCAL_SIZE")}}), flush=True)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.parametrize("mode", ["local", "hostfile"])
+def test_torch_distributed_env(build, tmp_path, mode):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=8\n")
+    where = (["--nodes", "2", "--trainers-per-node", "2,1"] if mode == "local" else
+             ["--hostfile", str(hostfile), "--trainers-per-node", "2"])
+    res = subprocess.run([build.gcomp_run, "-v", *where, "--", PYTHON, "-c", TORCH_TRAINER],
+                         capture_output=True, text=True, env=build.env(), timeout=240)
+    assert res.returncode == 0, res.stderr
+    reports = [json.loads(line.split("TORCH ", 1)[1]) for line in res.stdout.splitlines()
+               if "TORCH " in line]
+    world = 3 if mode == "local" else 2
+    local = {0: (0, 2), 1: (1, 2), 2: (0, 1)} if mode == "local" else {0: (0, 2), 1: (1, 2)}
+    assert sorted(r["rank"] for r in reports) == list(range(world)), res.stdout
+    assert len({(r["env"]["MASTER_ADDR"], r["env"]["MASTER_PORT"]) for r in reports}) == 1
+    for r in reports:
+        env = r["env"]
+        assert r["world"] == world and r["sum"] == world * (world + 1) / 2, r
+        assert (env["RANK"], env["WORLD_SIZE"]) == (str(r["rank"]), str(world)), r
+        assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == \
+            (env["GCOMP_RANK"], env["GCOMP_WORLD_SIZE"], env["GCOMP_LOCAL_RANK"],
+             env["GCOMP_LOCAL_SIZE"]), r
+        assert (int(env["LOCAL_RANK"]), int(env["LOCAL_WORLD_SIZE"])) == local[r["rank"]], r
+        assert env["MASTER_ADDR"] == ("127.0.0.1" if mode == "local" else "localhost"), r
+    assert_clean(*job_of(res.stderr))
