@@ -323,15 +323,32 @@ class _Prefixed(_Lines):
 
 
 _SRUN_LABEL = re.compile(rb" *(\d+): ")
+# srun's report of how a task ended: "srun: error: HOST: task 2: Exited with exit code 3"
+# or "...: tasks 0-1: Terminated" (strsignal's name of the signal).
+_SRUN_TASK_END = re.compile(rb"srun: error: \S+: tasks? [\d,-]+: (.+?)\s*\Z")
+_SRUN_EXIT = re.compile(rb"Exited with exit code (\d+)\Z")
+_SIGNAL_STATUS = {signal.strsignal(s).encode(): 128 + s for s in signal.Signals
+                  if signal.strsignal(s)}
 
 
 class _SrunLabels(_Lines):
     """The output of ``srun --label``: ``R: text`` lines become ``[R] text``; srun's own
-    lines pass unchanged."""
+    lines pass unchanged. srun's exit status is the highest of its tasks' (the ones it
+    killed after the first failure included), so the first task end srun reports is
+    kept as ``first_failure``: that task's exit status (128 + signal for a signal)."""
+
+    first_failure = None
 
     def line(self, line):
         m = _SRUN_LABEL.match(line)
-        self.out.write(b"[%s] %s" % (m.group(1), line[m.end():]) if m else line)
+        if m:
+            self.out.write(b"[%s] %s" % (m.group(1), line[m.end():]))
+            return
+        end = _SRUN_TASK_END.match(line) if self.first_failure is None else None
+        if end:
+            code = _SRUN_EXIT.match(end.group(1))
+            self.first_failure = int(code.group(1)) if code else _SIGNAL_STATUS.get(end.group(1))
+        self.out.write(line)
 
 
 _MPI_TAG = re.compile(rb"\[\d+,(\d+)\]<std(?:out|err|diag)>:")
@@ -569,6 +586,7 @@ class Launcher:
         self.trainers = []  # local mode: one _Proc per trainer; else one mpirun/srun
         self.helpers = []  # short-lived processes (gcompctl...), killed too if alive
         self.output = _OutputPump()
+        self.trainer_errors = None  # remote: the sink of the trainers' launcher's stderr
         self.stdout = _Stream(sys.stdout.buffer)
         self.stderr = _Stream(sys.stderr.buffer)
         self._signal = None
@@ -761,8 +779,9 @@ class Launcher:
             proc = _Proc(f"the trainers ({what})", argv, env, job.verbose, capture)
             self.trainers.append(proc)
             if capture:
+                self.trainer_errors = self.hosts.labels(self.stderr)
                 self.output.add(proc.popen.stdout, self.hosts.labels(self.stdout))
-                self.output.add(proc.popen.stderr, self.hosts.labels(self.stderr))
+                self.output.add(proc.popen.stderr, self.trainer_errors)
         else:
             for node, count in enumerate(job.trainers):
                 for local_rank in range(count):
@@ -792,9 +811,9 @@ class Launcher:
                     continue
                 pending.remove(proc)
                 if rc != 0:
-                    self._log(f"{proc.label} {describe(rc)}")
+                    status = self._failure_status(proc, rc)
                     if first_failure is None:
-                        first_failure = exit_status(rc)
+                        first_failure = status
                     if not self.job.keep_going:
                         self._log("stopping the job")
                         return first_failure
@@ -814,6 +833,18 @@ class Launcher:
                 first_failure = 1
         status = self._shutdown_daemons()
         return first_failure if first_failure is not None else status
+
+    def _failure_status(self, proc, rc):
+        """Log a trainer process's failure; return the exit status it stands for (for
+        srun: that of the first task that failed, from srun's report of it)."""
+        self._log(f"{proc.label} {describe(rc)}")
+        first = None
+        if self.trainer_errors is not None and self.output.drain(_DRAIN_TIMEOUT_S):
+            first = getattr(self.trainer_errors, "first_failure", None)
+        if first is None or first == exit_status(rc):
+            return exit_status(rc)
+        self._log(f"the first trainer to fail ended with status {first}")
+        return first
 
     def _start_helper(self, label, argv, interruptible=True):
         """Start a short command in its own session, its output (both streams) piped."""
