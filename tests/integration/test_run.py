@@ -3,6 +3,7 @@ propagation, signals, and that nothing is left behind (processes, job directory)
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from gcomp import launch
 from helpers import PYTHON, TRAINER, kill_session, processes_of_job
 
 
@@ -184,6 +186,16 @@ def test_trainer_that_never_connects(build):
         assert_clean(*job_of(res.stderr))
 
 
+def placement(tmp_path, mode, local="1", host="1"):
+    """gcomp-run arguments for a job on 2 emulated nodes with `local` trainers per node
+    (mode "local"), or on a one-line hostfile of this machine with `host` trainers."""
+    if mode == "local":
+        return ["--nodes", "2", "--trainers-per-node", local]
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=8\n")
+    return ["--hostfile", str(hostfile), "--trainers-per-node", host]
+
+
 # A trainer (rank 0) that prints the command line and the GCOMP_* environment of every
 # gcompd process of its job.
 INSPECT_DAEMONS = r'''
@@ -205,10 +217,7 @@ if os.environ["RANK"] == "0":
 
 @pytest.mark.parametrize("mode", ["local", "hostfile"])
 def test_daemon_settings_reach_every_daemon(build, tmp_path, mode):
-    hostfile = tmp_path / "hosts"
-    hostfile.write_text("localhost slots=8\n")
-    where = ["--nodes", "2"] if mode == "local" else ["--hostfile", str(hostfile)]
-    argv = [build.gcomp_run, "-v", *where, "--log-level", "warning", "--nonfinite", "skip",
+    argv = [build.gcomp_run, "-v", *placement(tmp_path, mode), "--log-level", "warning", "--nonfinite", "skip",
             "--decision-log", "decisions.jsonl", "--daemon-opt", "timeout-ms=45000",
             "--daemon-opt", "cycle-ms=3", "--", PYTHON, "-c", INSPECT_DAEMONS]
     # GCOMP_SEED must reach the daemons; GCOMP_RANK is the launcher's to set per trainer.
@@ -246,11 +255,28 @@ def test_daemon_flags_are_passed_through(build, tmp_path):
 
 
 @pytest.mark.parametrize("opt,message", [
-    ("log-level", "expected KEY=VALUE"), ("Log-Level=debug", "expected KEY=VALUE"),
+    ("log-level", "expected KEY=VALUE"), ("Log-Level=debug", "lower-case words"),
     ("dir=/tmp/x", "set by gcomp-run"), ("job-id=abc", "set by gcomp-run")])
 def test_bad_daemon_opt(build, opt, message):
     res = subprocess.run([build.gcomp_run, "--daemon-opt", opt, "--", "true"],
                          capture_output=True, text=True, env=build.env(), timeout=60)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--launcher", "hostfile"], "--hostfile and --launcher hostfile go together"),
+    (["--launcher", "local", "--hostfile", "/etc/hostname"], "go together"),
+    (["--launcher", "slurm"], "not inside a Slurm allocation"),
+    (["--hostfile", "/nonexistent/hosts"], "hostfile /nonexistent/hosts: No such file"),
+    (["--hostfile", "HOSTFILE", "--nodes", "3"], "3 nodes asked for, but the hostfile"),
+    (["--hostfile", "HOSTFILE", "--trainers-per-node", "1,2"], "the same number of trainers")])
+def test_bad_placement(build, tmp_path, args, message):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# two hosts\nlocalhost slots=4\n\n127.0.0.1 slots=4 # this one too\n")
+    args = [str(hostfile) if a == "HOSTFILE" else a for a in args]
+    env = {k: v for k, v in build.env().items() if not k.startswith("SLURM_")}
+    res = subprocess.run([build.gcomp_run, *args, "--", "true"], capture_output=True, text=True,
+                         env=env, timeout=60)
     assert res.returncode == 2 and message in res.stderr, res.stderr
 
 
@@ -280,10 +306,7 @@ def lines_by_rank(text):
 
 @pytest.mark.parametrize("mode", ["local", "hostfile"])
 def test_output_is_prefixed_with_rank(build, tmp_path, mode):
-    hostfile = tmp_path / "hosts"
-    hostfile.write_text("localhost slots=8\n")
-    where = (["--nodes", "2", "--trainers-per-node", "2"] if mode == "local" else
-             ["--hostfile", str(hostfile), "--trainers-per-node", "3"])
+    where = placement(tmp_path, mode, local="2", host="3")
     res = subprocess.run([build.gcomp_run, "-v", *where, "--", PYTHON, "-c", CHATTY],
                          capture_output=True, text=True, env=build.env(), timeout=120)
     assert res.returncode == 0, res.stderr
@@ -338,10 +361,7 @@ dist.destroy_process_group()
 
 @pytest.mark.parametrize("mode", ["local", "hostfile"])
 def test_torch_distributed_env(build, tmp_path, mode):
-    hostfile = tmp_path / "hosts"
-    hostfile.write_text("localhost slots=8\n")
-    where = (["--nodes", "2", "--trainers-per-node", "2,1"] if mode == "local" else
-             ["--hostfile", str(hostfile), "--trainers-per-node", "2"])
+    where = placement(tmp_path, mode, local="2,1", host="2")
     res = subprocess.run([build.gcomp_run, "-v", *where, "--", PYTHON, "-c", TORCH_TRAINER],
                          capture_output=True, text=True, env=build.env(), timeout=240)
     assert res.returncode == 0, res.stderr
@@ -361,3 +381,70 @@ def test_torch_distributed_env(build, tmp_path, mode):
         assert (int(env["LOCAL_RANK"]), int(env["LOCAL_WORLD_SIZE"])) == local[r["rank"]], r
         assert env["MASTER_ADDR"] == ("127.0.0.1" if mode == "local" else "localhost"), r
     assert_clean(*job_of(res.stderr))
+
+
+# ---- the output parsers, on their own ----
+
+class _Collect:
+    def __init__(self):
+        self.data = b""
+
+    def write(self, line):
+        assert line.endswith(b"\n"), line  # whole lines only
+        self.data += line
+
+
+def _feed_in_pieces(sink, data, seed):
+    rng = random.Random(seed)
+    pos = 0
+    while pos < len(data):
+        n = rng.randint(1, 40)
+        sink.feed(data[pos:pos + n])
+        pos += n
+    sink.close()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_mpi_tag_reassembly(seed):
+    # Three ranks' text cut into chunks at random places (inside lines too), interleaved
+    # the way mpirun --tag-output writes them, with mpirun's own lines between, read in
+    # random pieces: every rank's lines come out whole and in order.
+    rng = random.Random(seed)
+    texts = {r: "".join(f"rank {r} line {i} [x,y]<z>: " + "w" * rng.randint(0, 30) + "\n"
+                        for i in range(15)) + f"tail {r}" for r in range(3)}
+    chunks = {r: [] for r in texts}
+    for r, text in texts.items():
+        pos = 0
+        while pos < len(text):
+            n = rng.randint(1, 25)
+            chunks[r].append(text[pos:pos + n])
+            pos += n
+    stream, own = "", "-----\nmpirun noticed something\n"
+    while any(chunks.values()):
+        r = rng.choice([r for r in chunks if chunks[r]])
+        # mpirun tags every line a chunk holds.
+        stream += "".join(f"[1,{r}]<stdout>:{part}" for part in
+                          chunks[r].pop(0).splitlines(keepends=True))
+        if stream.endswith("\n") and rng.random() < 0.1:
+            stream += own
+    out = _Collect()
+    _feed_in_pieces(launch._MpiTags(out), stream.encode(), seed)
+    got = lines_by_rank(out.data.decode())
+    for r, text in texts.items():
+        assert got[r] == text.splitlines(), f"rank {r}"
+    assert all(line.startswith("[") or line in own.splitlines()
+               for line in out.data.decode().splitlines())
+
+
+def test_srun_labels_and_first_failure():
+    out = _Collect()
+    sink = launch._SrunLabels(out)
+    _feed_in_pieces(sink, (b" 0: hello\n10: world\nsrun: error: n2: task 2: Exited with exit "
+                           b"code 3\nsrun: error: n1: tasks 0-1: Terminated\n 1: bye"), 1)
+    assert out.data.decode().splitlines() == [
+        "[0] hello", "[10] world", "srun: error: n2: task 2: Exited with exit code 3",
+        "srun: error: n1: tasks 0-1: Terminated", "[1] bye"]
+    assert sink.first_failure == 3
+    killed = launch._SrunLabels(_Collect())
+    killed.feed(b"srun: error: n1: task 0: Killed\nsrun: error: n2: task 1: Exited with exit code 1\n")
+    assert killed.first_failure == 128 + signal.SIGKILL

@@ -213,6 +213,8 @@ def test_sbatch_two_nodes(build, slurm, tmp_path):
                                     "sh", "-c", trainer, cwd=str(tmp_path), env=env)
     assert (state, code) == ("COMPLETED", "0:0"), f"{state} {code}:\n{out}\n{slurm.logs()}"
     assert "--mpi=pmix" in out and "starting the trainers (srun)" in out, out
+    # GCOMP_LOG_LEVEL=warning reached both daemons (srun --export=ALL): no info lines.
+    assert not re.search(r"gcompd\[node \d\] info", out), out
     # [RANK] NODEINFO RANK GCOMP_NODE LOCAL_RANK MASTER_ADDR SLURMD_NODENAME
     info = sorted(re.findall(r"^\[(\d+)\] NODEINFO (\d+) (\d+) (\d+) (\S+) (\S+)$", out, re.M))
     assert info == [("0", "0", "0", "0", "n1", "n1"), ("1", "1", "0", "1", "n1", "n1"),

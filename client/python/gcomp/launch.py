@@ -249,6 +249,27 @@ def read_hostfile(path):
     return hosts
 
 
+def job_hosts(launcher, hostfile, tools):
+    """The hosts a job may use: None for --launcher local, the hostfile's, or those of
+    the Slurm allocation."""
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
+    if bool(hostfile) != (launcher == "hostfile"):
+        raise LaunchError("--hostfile and --launcher hostfile go together")
+    if launcher == "local":
+        return None
+    return read_hostfile(hostfile) if launcher == "hostfile" else slurm_hosts(tools)
+
+
+def check_daemon_key(key):
+    """LaunchError unless key can be passed to gcompd as --KEY VALUE by gcomp-run."""
+    if not _KEY.match(key):
+        raise LaunchError(f"daemon setting {key!r}: keys are lower-case words with dashes, "
+                          "as in gcompd --help (e.g. log-level)")
+    if key in _OWN_KEYS:
+        raise LaunchError(f"daemon setting {key!r} is set by gcomp-run itself")
+
+
 def slurm_hosts(tools, env=None):
     """The hosts of the Slurm allocation this process runs in, in Slurm's order."""
     env = os.environ if env is None else env
@@ -626,20 +647,11 @@ class Launcher:
             raise LaunchError(f"every node needs at least one trainer, got {job.trainers}")
         if job.codec and job.policy:
             raise LaunchError("--codec and --policy exclude each other")
-        if job.launcher not in LAUNCHERS:
-            raise LaunchError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {job.launcher!r}")
-        if bool(job.hostfile) != (job.launcher == "hostfile"):
-            raise LaunchError("--hostfile and --launcher hostfile go together")
         for key, _ in job.daemon_opts:
-            if not _KEY.match(key):
-                raise LaunchError(f"daemon setting {key!r}: keys are lower-case words with "
-                                  "dashes, as in gcompd --help (e.g. log-level)")
-            if key in _OWN_KEYS:
-                raise LaunchError(f"daemon setting {key!r} is set by gcomp-run itself")
+            check_daemon_key(key)
+        if job.hosts is None:
+            job.hosts = job_hosts(job.launcher, job.hostfile, self.tools)
         if job.launcher != "local":
-            if job.hosts is None:
-                job.hosts = (read_hostfile(job.hostfile) if job.launcher == "hostfile"
-                             else slurm_hosts(self.tools))
             where = (f"the hostfile {job.hostfile}" if job.launcher == "hostfile"
                      else "the Slurm allocation")
             if job.nodes > len(job.hosts):
@@ -993,12 +1005,13 @@ def parse_trainers(text, nodes):
 def parse_daemon_opt(text):
     """'KEY=VALUE' -> (KEY, VALUE) for --daemon-opt."""
     key, sep, value = text.partition("=")
-    if not sep or not _KEY.match(key):
-        raise argparse.ArgumentTypeError(
-            f"--daemon-opt {text!r}: expected KEY=VALUE with a gcompd key such as "
-            "log-level=debug (gcompd --help lists them)")
-    if key in _OWN_KEYS:
-        raise argparse.ArgumentTypeError(f"--daemon-opt {text!r}: {key} is set by gcomp-run itself")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--daemon-opt {text!r}: expected KEY=VALUE, such as "
+                                         "log-level=debug (gcompd --help lists the keys)")
+    try:
+        check_daemon_key(key)
+    except LaunchError as exc:
+        raise argparse.ArgumentTypeError(f"--daemon-opt {text!r}: {exc}") from None
     return key, value
 
 
@@ -1037,7 +1050,7 @@ def build_parser():
     p.add_argument("--keep-going", action="store_true",
                    help="on a trainer failure let the other trainers finish instead of "
                         "stopping the job (the exit status is still the first failure's; "
-                        "without effect with --hostfile, where mpirun stops the trainers)")
+                        "without effect with --launcher hostfile, where mpirun stops them)")
     p.add_argument("--checkpoint", metavar="DIR",
                    help="when every trainer is done, save the daemons' state in DIR "
                         "(error feedback, codec and policy state) before shutting down")
@@ -1065,12 +1078,9 @@ def main(argv=None, tools=None):
         parser.error("no trainer command given (put it after --)")
     launcher = args.launcher or ("hostfile" if args.hostfile else
                                  "slurm" if os.environ.get("SLURM_JOB_ID") else "local")
-    if bool(args.hostfile) != (launcher == "hostfile"):
-        parser.error("--hostfile and --launcher hostfile go together")
     tools = tools or default_tools()
     try:
-        hosts = (read_hostfile(args.hostfile) if launcher == "hostfile" else
-                 slurm_hosts(tools) if launcher == "slurm" else None)
+        hosts = job_hosts(launcher, args.hostfile, tools)
         nodes = args.nodes if args.nodes is not None else len(hosts) if hosts else 1
         if nodes < 1:
             parser.error(f"--nodes must be >= 1, got {nodes}")
