@@ -5,8 +5,7 @@ import os
 import re
 import subprocess
 
-from helpers import kill_session
-from test_run import assert_clean, job_of
+from test_run import assert_clean, job_of, stop_launcher
 
 STEP = re.compile(r"\[0\] step +(\d+) .* relative error (\S+) +max \|error\| (\S+)(.*)")
 
@@ -84,7 +83,7 @@ def test_policy_switch_while_running(build):
         switch = int(m.group(1))
         out, rest = proc.communicate(timeout=240)
     finally:
-        kill_session(proc.pid, grace=0)
+        stop_launcher(proc)
     stdout = "".join(lines) + out
     assert proc.returncode == 0, stdout + "".join(err) + rest
     steps = steps_of(stdout)

@@ -23,9 +23,16 @@ def run(build, args, trainer_args=(), timeout=240):
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
-        kill_session(proc.pid, grace=0)
+        stop_launcher(proc)
     job_id, job_dir = job_of(err)
     return proc.returncode, out + err, job_id, job_dir
+
+
+def stop_launcher(proc):
+    """After a test: a gcomp-run still running (the test failed) gets SIGTERM and time to
+    stop its job; its daemons and trainers are in sessions of their own, which killing
+    gcomp-run's session outright would leave behind."""
+    kill_session(proc.pid, grace=20)
 
 
 def job_of(stderr):
@@ -94,7 +101,7 @@ def test_launcher_signal_kills_everything(build, sig):
         out, err = proc.communicate(timeout=60)
         took = time.monotonic() - t0
     finally:
-        kill_session(proc.pid, grace=0)
+        stop_launcher(proc)
     assert proc.returncode == 128 + sig, f"exit {proc.returncode}:\n{err}"
     assert took < 20, f"gcomp-run took {took:.1f} s to stop"
     assert_clean(*job_of(err))
