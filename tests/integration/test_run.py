@@ -304,8 +304,8 @@ sys.stdout.write(f"last {r}")
 def lines_by_rank(text):
     """{rank: [line, ...]} of the [RANK]-prefixed lines of text."""
     got = {}
-    for line in text.splitlines():
-        m = re.match(r"\[(\d+)\] (.*)\Z", line)
+    for line in text.split("\n"):  # not splitlines(): it splits at \x1e and \x1f too
+        m = re.match(r"\[(\d+)\] (.*)\Z", line, re.S)
         if m:
             got.setdefault(int(m.group(1)), []).append(m.group(2))
     return got
@@ -411,46 +411,77 @@ def _feed_in_pieces(sink, data, seed):
     sink.close()
 
 
+def framed_lines(rng, rank):
+    """Lines a trainer might print (brackets, tabs, the framing bytes themselves, a
+    long one) and its shim's framing of them for mpirun and for srun."""
+    lines = [f"rank {rank} line {i} [1,0]<stdout>: \t" + "w" * rng.randint(0, 30)
+             for i in range(15)] + ["x\x1ey\x1f0z\x1f", "L" * 5000, f"tail {rank}"]
+    encoded = [launch.encode_line(line.encode()) for line in lines]
+    return lines, {mode: b"".join(e + end for e in encoded) for mode, end in launch.RECORD_END.items()}
+
+
+def chunks_of(rng, data, most):
+    pos, out = 0, []
+    while pos < len(data):
+        n = rng.randint(1, most)
+        out.append(data[pos:pos + n])
+        pos += n
+    return out
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_mpi_tag_reassembly(seed):
-    # Three ranks' text cut into chunks at random places (inside lines too), interleaved
-    # the way mpirun --tag-output writes them, with mpirun's own lines between, read in
-    # random pieces: every rank's lines come out whole and in order.
+    # Three shims' framed output (ended by the newline that ends a stream) cut into
+    # chunks at random places, tagged and interleaved as mpirun --tag-output writes
+    # them, with mpirun's own lines after a stream's end, read in random pieces.
     rng = random.Random(seed)
-    texts = {r: "".join(f"rank {r} line {i} [x,y]<z>: " + "w" * rng.randint(0, 30) + "\n"
-                        for i in range(15)) + f"tail {r}" for r in range(3)}
-    chunks = {r: [] for r in texts}
-    for r, text in texts.items():
-        pos = 0
-        while pos < len(text):
-            n = rng.randint(1, 25)
-            chunks[r].append(text[pos:pos + n])
-            pos += n
-    stream, own = "", "-----\nmpirun noticed something\n"
+    lines, chunks = {}, {}
+    for r in range(3):
+        lines[r], framed = framed_lines(rng, r)
+        chunks[r] = chunks_of(rng, framed["mpirun"] + b"\n", 300)
+    stream, own = b"", b"-----\nmpirun noticed something\n"
     while any(chunks.values()):
         r = rng.choice([r for r in chunks if chunks[r]])
-        # mpirun tags every line a chunk holds.
-        stream += "".join(f"[1,{r}]<stdout>:{part}" for part in
-                          chunks[r].pop(0).splitlines(keepends=True))
-        if stream.endswith("\n") and rng.random() < 0.1:
+        stream += b"[1,%d]<stdout>:" % r + chunks[r].pop(0)
+        if stream.endswith(b"\n"):
             stream += own
     out = _Collect()
-    _feed_in_pieces(launch._MpiTags(out), stream.encode(), seed)
+    _feed_in_pieces(launch._MpiTags(out), stream, seed)
     got = lines_by_rank(out.data.decode())
-    for r, text in texts.items():
-        assert got[r] == text.splitlines(), f"rank {r}"
-    assert all(line.startswith("[") or line in own.splitlines()
-               for line in out.data.decode().splitlines())
+    for r in lines:
+        assert got[r] == lines[r], f"rank {r}"
+    assert out.data.decode().count("mpirun noticed something\n") == 3
 
 
-def test_srun_labels_and_first_failure():
+@pytest.mark.parametrize("seed", range(10))
+def test_srun_label_reassembly(seed):
+    # srun --label forwards the shims' records line by line, lines over 1 KiB in 1 KiB
+    # labelled pieces, lines of different tasks interleaved; srun's own lines between.
+    rng = random.Random(seed)
+    lines, pending = {}, {}
+    for r in (0, 1, 10):
+        lines[r], framed = framed_lines(rng, r)
+        pending[r] = [b"%2d: %s\n" % (r, line[i:i + 1024]) for line in framed["srun"].split(b"\n")[:-1]
+                      for i in range(0, len(line), 1024)]
+    stream = b""
+    while any(pending.values()):
+        r = rng.choice([r for r in pending if pending[r]])
+        stream += pending[r].pop(0)
+        if rng.random() < 0.05:
+            stream += b"srun: error: n1: task 9: Exited with exit code 4\n"
     out = _Collect()
     sink = launch._SrunLabels(out)
-    _feed_in_pieces(sink, (b" 0: hello\n10: world\nsrun: error: n2: task 2: Exited with exit "
-                           b"code 3\nsrun: error: n1: tasks 0-1: Terminated\n 1: bye"), 1)
-    assert out.data.decode().splitlines() == [
-        "[0] hello", "[10] world", "srun: error: n2: task 2: Exited with exit code 3",
-        "srun: error: n1: tasks 0-1: Terminated", "[1] bye"]
+    _feed_in_pieces(sink, stream, seed)
+    got = lines_by_rank(out.data.decode())
+    for r in lines:
+        assert got[r] == lines[r], f"rank {r}"
+    assert sink.first_failure in (None, 4)
+
+
+def test_srun_first_failure():
+    sink = launch._SrunLabels(_Collect())
+    sink.feed(b"srun: error: n2: task 2: Exited with exit code 3\n"
+              b"srun: error: n1: tasks 0-1: Terminated\n")
     assert sink.first_failure == 3
     killed = launch._SrunLabels(_Collect())
     killed.feed(b"srun: error: n1: task 0: Killed\nsrun: error: n2: task 1: Exited with exit code 1\n")

@@ -206,7 +206,7 @@ def test_sbatch_two_nodes(build, slurm, tmp_path):
     # deploy/slurm/train.sbatch as it is: 2 nodes x 2 trainers from the allocation, the
     # mean checked by every trainer, one stats file per node.
     trainer = (f"echo NODEINFO $RANK $GCOMP_NODE $LOCAL_RANK $MASTER_ADDR $SLURMD_NODENAME; "
-               f"exec {PYTHON} {TRAINER} --steps 3 --seed 21")
+               f"{PYTHON} -c 'print(\"L\" * 5000)'; exec {PYTHON} {TRAINER} --steps 3 --seed 21")
     env = build.env(GCOMP_RUN=build.gcomp_run, GCOMP_LOG_LEVEL="warning",
                     GCOMP_RUN_ARGS=f"-v --codec none --stats-file {tmp_path}/stats-{{node}}.jsonl")
     state, code, out = slurm.sbatch("--nodes=2", "--ntasks-per-node=2", SBATCH_SCRIPT,
@@ -219,6 +219,8 @@ def test_sbatch_two_nodes(build, slurm, tmp_path):
     info = sorted(re.findall(r"^\[(\d+)\] NODEINFO (\d+) (\d+) (\d+) (\S+) (\S+)$", out, re.M))
     assert info == [("0", "0", "0", "0", "n1", "n1"), ("1", "1", "0", "1", "n1", "n1"),
                     ("2", "2", "1", "0", "n1", "n2"), ("3", "3", "1", "1", "n1", "n2")], out
+    # A line longer than srun's 1 KiB pieces comes out whole.
+    assert sorted(re.findall(r"^\[(\d+)\] L{5000}$", out, re.M)) == ["0", "1", "2", "3"], out
     for node in (0, 1):
         stats = (tmp_path / f"stats-{node}.jsonl").read_text().splitlines()
         assert stats and all(f'"node":{node}' in line.replace(" ", "") for line in stats), stats

@@ -46,10 +46,12 @@ environment are kept.
 
 Output: each line a trainer writes to stdout or stderr goes to the launcher's stdout or
 stderr prefixed with the trainer's global rank (``[3] loss 0.12``), the lines of one
-trainer's stream in their order, a last line without a newline completed. Under Slurm
-the lines come from ``srun --label``, which splits lines longer than 1 KiB. The
-daemons' own messages are not prefixed. ``--raw-output`` passes the trainers' output
-through untouched.
+trainer's stream in their order, a last line without a newline completed. Locally the
+launcher reads each trainer's pipes; elsewhere the shim frames each line of its trainer
+as a record and the launcher tells the ranks apart by mpirun's --tag-output tags or
+srun's --label labels (see RECORD_END). The daemons' own messages are not prefixed.
+``--raw-output`` passes the trainers' output through untouched (and the shim execs the
+trainer).
 
 Exit status: 0 when every trainer exited 0 and the daemons shut down cleanly; 2 for bad
 arguments or daemons that did not start; else the status of the first process that
@@ -343,6 +345,56 @@ class _Prefixed(_Lines):
         self.out.write(self.prefix + line)
 
 
+# ---- remote trainers' output: framed by the shim, told apart by mpirun's tags or srun's labels ----
+#
+# Neither launcher keeps lines whole: mpirun --tag-output tags each chunk a rank wrote, but
+# chunks of different ranks interleave inside lines and (Open MPI 4.1) it drops bytes of
+# chunks holding many lines; srun --label splits lines longer than 1 KiB. So the shim
+# (trainer_shim) frames the trainer's output: every line becomes a record, the line with
+# \x1f, \x1e and [ escaped (so that no output looks like a tag), ended by RECORD_END: \x1e
+# alone for mpirun (newline-free output, which mpirun forwards whole), \x1e and a newline
+# for srun (which forwards lines). The launcher takes the bytes of each rank (after
+# mpirun's tags, or after srun's labels with srun's newlines dropped) and cuts them into
+# records at \x1e.
+RECORD_END = {"mpirun": b"\x1e", "srun": b"\x1e\n"}
+_ESCAPES = ((b"\x1f", b"\x1f0"), (b"\x1e", b"\x1f1"), (b"[", b"\x1f2"))
+_ESCAPED = re.compile(rb"\x1f([012])")
+
+
+def encode_line(line):
+    """A line (without its newline) as a record's text: no \x1e, [ or newline."""
+    for raw, escaped in _ESCAPES:
+        line = line.replace(raw, escaped)
+    return line
+
+
+def decode_record(text):
+    """The line of a record's text (encode_line undone)."""
+    return _ESCAPED.sub(lambda m: _ESCAPES[int(m.group(1))][0], text)
+
+
+class _Records:
+    """The framed output of one remote trainer stream: each record written as
+    ``[RANK] line``; text left at close (a shim that died, or its own raw error
+    message) as one more line."""
+
+    def __init__(self, out, rank):
+        self.out = out
+        self.prefix = b"[%s] " % rank
+        self.buf = b""
+
+    def feed(self, data):
+        self.buf += data
+        *records, self.buf = self.buf.split(b"\x1e")
+        for record in records:
+            self.out.write(self.prefix + decode_record(record) + b"\n")
+
+    def close(self):
+        if self.buf.strip(b"\n"):
+            self.out.write(self.prefix + decode_record(self.buf.strip(b"\n")) + b"\n")
+        self.buf = b""
+
+
 _SRUN_LABEL = re.compile(rb" *(\d+): ")
 # srun's report of how a task ended: "srun: error: HOST: task 2: Exited with exit code 3"
 # or "...: tasks 0-1: Terminated" (strsignal's name of the signal).
@@ -353,23 +405,36 @@ _SIGNAL_STATUS = {signal.strsignal(s).encode(): 128 + s for s in signal.Signals
 
 
 class _SrunLabels(_Lines):
-    """The output of ``srun --label``: ``R: text`` lines become ``[R] text``; srun's own
-    lines pass unchanged. srun's exit status is the highest of its tasks' (the ones it
-    killed after the first failure included), so the first task end srun reports is
-    kept as ``first_failure``: that task's exit status (128 + signal for a signal)."""
+    """The output of ``srun --label`` over the shims' records: the text of ``R: text``
+    lines goes to rank R's records (srun's newlines dropped); srun's own lines pass
+    unchanged. srun's exit status is the highest of its tasks' (the ones it killed after
+    the first failure included), so the first task end srun reports is kept as
+    ``first_failure``: that task's exit status (128 + signal for a signal)."""
 
     first_failure = None
+
+    def __init__(self, out):
+        super().__init__(out)
+        self.ranks = {}
 
     def line(self, line):
         m = _SRUN_LABEL.match(line)
         if m:
-            self.out.write(b"[%s] %s" % (m.group(1), line[m.end():]))
+            rank = m.group(1)
+            if rank not in self.ranks:
+                self.ranks[rank] = _Records(self.out, rank)
+            self.ranks[rank].feed(line[m.end():].rstrip(b"\n"))
             return
         end = _SRUN_TASK_END.match(line) if self.first_failure is None else None
         if end:
             code = _SRUN_EXIT.match(end.group(1))
             self.first_failure = int(code.group(1)) if code else _SIGNAL_STATUS.get(end.group(1))
         self.out.write(line)
+
+    def close(self):
+        super().close()
+        for records in self.ranks.values():
+            records.close()
 
 
 _MPI_TAG = re.compile(rb"\[\d+,(\d+)\]<std(?:out|err|diag)>:")
@@ -378,19 +443,20 @@ _MPI_TAG_START = re.compile(rb"\[(?:\d+(?:,(?:\d+(?:\](?:<[a-z]*>?)?)?)?)?)?\Z")
 
 
 class _MpiTags:
-    """The output of ``mpirun --tag-output``, reassembled into each rank's lines.
+    """The output of ``mpirun --tag-output`` over the shims' records.
 
-    mpirun tags every chunk a rank wrote (``[JOB,RANK]<stdout>:``) and chunks of
-    different ranks interleave, also inside a line; so the text after a tag belongs to
-    that rank up to its first newline, text after a newline and before the next tag is
-    mpirun's own. Each rank's line is written whole as ``[RANK] text``.
+    mpirun writes each chunk a rank wrote after a tag (``[JOB,RANK]<stdout>:``), chunks
+    of different ranks interleaved. The shims' output has no newline but the one that
+    ends it, so the text after a tag is that rank's up to the next tag or newline; text
+    after a newline and before the next tag is mpirun's own, passed on line by line.
     """
 
     def __init__(self, out):
         self.out = out
         self.pending = b""  # data not parsed yet (a tag may be cut off)
         self.owner = None  # rank (bytes) the next text belongs to; None: mpirun's own
-        self.parts = {}  # owner -> the start of its current line
+        self.ranks = {}  # rank -> its _Records
+        self.own = _Lines(out)  # mpirun's own lines
 
     def feed(self, data, final=False):
         buf = self.pending + data
@@ -410,24 +476,24 @@ class _MpiTags:
         self.pending = buf[end:]
 
     def _text(self, text):
-        while text:
-            cut = text.find(b"\n") + 1 or len(text)
-            piece, text = text[:cut], text[cut:]
-            part = self.parts.pop(self.owner, b"") + piece
-            if piece.endswith(b"\n"):
-                self._write(self.owner, part)
-                self.owner = None
-            else:
-                self.parts[self.owner] = part
-
-    def _write(self, owner, line):
-        self.out.write(line if owner is None else b"[%s] %s" % (owner, line))
+        if self.owner is None:
+            self.own.feed(text)
+            return
+        mine, newline, rest = text.partition(b"\n")
+        if self.owner not in self.ranks:
+            self.ranks[self.owner] = _Records(self.out, self.owner)
+        self.ranks[self.owner].feed(mine)
+        if newline:  # the end of the rank's stream
+            self.ranks.pop(self.owner).close()
+            self.owner = None
+            self.own.feed(rest)
 
     def close(self):
         self.feed(b"", final=True)
-        for owner, part in self.parts.items():
-            self._write(owner, part + b"\n")
-        self.parts.clear()
+        for records in self.ranks.values():
+            records.close()
+        self.ranks.clear()
+        self.own.close()
 
 
 class _OutputPump:
@@ -522,6 +588,8 @@ class _Hostfile:
         return self.base + (["--tag-output"] if labelled else []) + [
             "--map-by", f"ppr:{per_node}:node", "-np", str(self.job.nodes * per_node)] + argv
 
+    records = "mpirun"  # how the shim frames the trainers' output (RECORD_END)
+
     @staticmethod
     def labels(out):
         return _MpiTags(out)
@@ -561,6 +629,8 @@ class _Slurm:
         return self._step(self.job.nodes, self.job.trainers[0],
                           *(["--label"] if labelled else []),
                           f"--kill-on-bad-exit={0 if self.job.keep_going else 1}") + argv
+
+    records = "srun"
 
     @staticmethod
     def labels(out):
@@ -785,6 +855,7 @@ class Launcher:
                 "--dir", self.job_dir, "--job-id", self.job_id, "--nodes", str(job.nodes),
                 "--trainers-per-node", str(job.trainers[0]),
                 "--master-addr", master[0], "--master-port", str(master[1]),
+                *(["--records", self.hosts.records] if capture else []),
                 "--", *job.command], capture)
             self._check_signal()
             what = "mpirun" if job.launcher == "hostfile" else "srun"
@@ -1134,7 +1205,9 @@ def trainer_shim(argv):
     """``python -m gcomp.launch --trainer-shim``: one trainer under mpirun or srun.
 
     Derives the GCOMP_* (and torchrun's) variables from the task's ranks (mapped
-    node-major, T per node, so rank // T is the node) and execs the trainer command.
+    node-major, T per node, so rank // T is the node) and execs the trainer command; with
+    --records mpirun|srun it runs it as a child instead and frames its output (see
+    RECORD_END), and exits as the trainer did.
     """
     p = argparse.ArgumentParser(prog="gcomp.launch --trainer-shim")
     p.add_argument("--dir", required=True)
@@ -1143,28 +1216,85 @@ def trainer_shim(argv):
     p.add_argument("--trainers-per-node", type=int, required=True)
     p.add_argument("--master-addr", required=True)
     p.add_argument("--master-port", type=int, required=True)
+    p.add_argument("--records", choices=sorted(RECORD_END))
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    end = RECORD_END.get(args.records)
+
+    def fail(message, status):
+        line = f"gcomp trainer shim: {message}".encode()
+        _write_all(2, encode_line(line) + end if end else line + b"\n")
+        return status
+
     per_node = args.trainers_per_node
     try:
         rank, size, local_rank = task_ids(os.environ)
     except LaunchError as exc:
-        print(f"gcomp trainer shim: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     node = rank // per_node
     if size != args.nodes * per_node or local_rank != rank % per_node:
-        print(f"gcomp trainer shim: rank {rank} of {size} has local rank {local_rank}; "
-              f"expected {per_node} trainers on each of {args.nodes} nodes mapped "
-              "node-major (does the hostfile list each host once?)", file=sys.stderr)
-        return 2
+        return fail(f"rank {rank} of {size} has local rank {local_rank}; expected {per_node} "
+                    f"trainers on each of {args.nodes} nodes mapped node-major (does the "
+                    "hostfile list each host once?)", 2)
     env = trainer_env(os.environ, args.dir, args.job_id, [per_node] * args.nodes, node,
                       local_rank, (args.master_addr, args.master_port))
     try:
-        os.execvpe(command[0], command, env)
+        if not end:
+            os.execvpe(command[0], command, env)
+        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
-        print(f"gcomp trainer shim: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
-        return 127
+        return fail(f"cannot run {command[0]}: {exc.strerror}",
+                    127 if isinstance(exc, FileNotFoundError) else 126)
+    # The signals mpirun or srun send reach the trainer (also when sent to the shim
+    # alone); the shim stays to forward its last output and its exit status.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2):
+        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+    _frame_output(child, end, args.records == "mpirun")
+    rc = child.wait()
+    if rc < 0:  # die of the same signal, so that mpirun and srun report it
+        signal.signal(-rc, signal.SIG_DFL)
+        os.kill(os.getpid(), -rc)
+    return rc
+
+
+def _write_all(fd, data):
+    """Write all of data to fd; a reader that went away drops it."""
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
+
+
+def _frame_output(child, end, end_marker):
+    """Copy the child's stdout and stderr to the shim's (fd 1 and 2) as records ended by
+    `end` (a last line without a newline too), and a newline after each stream with
+    end_marker; until both pipes close, or 2 s after the child exited (a grandchild may
+    keep them open)."""
+    streams = [[child.stdout, 1, b""], [child.stderr, 2, b""]]  # pipe, fd, partial line
+    selector = selectors.DefaultSelector()
+    for stream in streams:
+        selector.register(stream[0], selectors.EVENT_READ, stream)
+    deadline = None
+    while selector.get_map():
+        if deadline is None and child.poll() is not None:
+            deadline = time.monotonic() + 2.0
+        left = 0.2 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            break
+        for key, _ in selector.select(left):
+            stream = key.data
+            data = os.read(key.fd, 65536)
+            if not data:
+                selector.unregister(key.fileobj)
+                continue
+            *lines, stream[2] = (stream[2] + data).split(b"\n")
+            _write_all(stream[1], b"".join(encode_line(line) + end for line in lines))
+    for pipe, fd, rest in streams:
+        _write_all(fd, (encode_line(rest) + end if rest else b"") + (b"\n" if end_marker else b""))
+        pipe.close()
 
 
 def wait_sockets(argv):
