@@ -328,17 +328,20 @@ def test_output_is_prefixed_with_rank(build, tmp_path, mode):
     assert_clean(*job_of(res.stderr))
 
 
-def test_output_of_a_failing_trainer_is_kept(build):
-    # Rank 1 prints and exits 3 at once; rank 0 is still running and gets killed. What
-    # both wrote before is all there.
+def test_output_of_a_failing_trainer_is_kept(build, tmp_path):
+    # Rank 0 prints and sleeps; rank 1, once rank 0 has printed, prints and exits 3, and
+    # rank 0 gets killed. What both wrote before is all there.
+    marker = tmp_path / "rank0-printed"
     code = ("import os, sys, time; r = int(os.environ['RANK']); print('before', r, flush=True); "
-            "sys.stdout.write('partial'); sys.exit(3) if r == 1 else time.sleep(300)")
-    res = subprocess.run([build.gcomp_run, "-v", "--nodes", "2", "--", PYTHON, "-c", code],
-                         capture_output=True, text=True, env=build.env(), timeout=120)
+            "sys.stdout.write('partial'); sys.stdout.flush(); m = sys.argv[1]\n"
+            "if r == 0:\n    open(m, 'w').close(); time.sleep(300)\n"
+            "while not os.path.exists(m): time.sleep(0.05)\n"
+            "sys.exit(3)")
+    res = subprocess.run([build.gcomp_run, "-v", "--nodes", "2", "--", PYTHON, "-c", code,
+                          str(marker)], capture_output=True, text=True, env=build.env(), timeout=120)
     assert res.returncode == 3, res.stderr
     got = lines_by_rank(res.stdout)
-    assert got[1] == ["before 1", "partial"], res.stdout
-    assert got[0][0] == "before 0", res.stdout
+    assert got == {0: ["before 0", "partial"], 1: ["before 1", "partial"]}, res.stdout
     assert_clean(*job_of(res.stderr))
 
 
