@@ -1,10 +1,24 @@
 #!/bin/sh
 # Install gcomp's build and test dependencies on Debian 12 (apt). Installs only what is
 # missing; needs root (or sudo). CUDA and NCCL are optional and not installed here.
+#   deploy/install-deps.sh               what building and every test need
+#   deploy/install-deps.sh --build-only  what building needs (deploy/Dockerfile)
 set -eu
-PKGS="gcc pkg-config meson ninja-build openmpi-bin libopenmpi-dev libucx-dev ucx-utils
-libprotobuf-c-dev protobuf-c-compiler libuv1-dev libcmocka-dev libopenblas-dev liblapacke-dev
-python3 python3-numpy python3-pytest procps iproute2 util-linux"
+BUILD_PKGS="gcc pkg-config meson ninja-build openmpi-bin libopenmpi-dev libucx-dev
+libprotobuf-c-dev protobuf-c-compiler libuv1-dev libopenblas-dev liblapacke-dev python3"
+# The tests: cmocka (unit), slurm-wlm and munge (a real Slurm cluster in test_slurm),
+# python3-torch (torch.distributed under gcomp-run), python3-matplotlib (gcomp-plot),
+# python3-yaml (the Kubernetes manifests' checks).
+TEST_PKGS="libcmocka-dev ucx-utils python3-numpy python3-pytest procps iproute2 util-linux
+slurm-wlm munge python3-torch python3-matplotlib python3-yaml"
+case "${1:-}" in
+"") PKGS="$BUILD_PKGS $TEST_PKGS" ;;
+--build-only) PKGS=$BUILD_PKGS ;;
+*)
+    echo "usage: deploy/install-deps.sh [--build-only]" >&2
+    exit 2
+    ;;
+esac
 missing=""
 for p in $PKGS; do
     if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != installed ]; then
