@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import PYTHON, TRAINER, kill_session, popen, processes_of_job, run as run_cmd
+from helpers import PYTHON, TRAINER, kill_session, popen, processes_of_job, run as run_cmd, wait_for_files
 
 
 def run(build, args, trainer_args=(), timeout=240):
@@ -73,16 +73,21 @@ def test_success_leaves_nothing(build):
     assert_clean(job_id, job_dir)
 
 
+# A trainer that connects, says so in a file of its own (READY_DIR/GCOMP_RANK) and sleeps.
+CONNECT_AND_SLEEP = ("import gcomp, os, time; c = gcomp.Client(); "
+                     "open(os.path.join(os.environ['READY_DIR'], os.environ['GCOMP_RANK']), 'w').close(); "
+                     "time.sleep(300)")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_launcher_signal_kills_everything(build, sig):
+def test_launcher_signal_kills_everything(build, sig, tmp_path):
     argv = [build.gcomp_run, "-v", "--nodes", "2", "--trainers-per-node", "1", "--",
-            PYTHON, "-c", "import gcomp, time; c = gcomp.Client(); print('up', flush=True); time.sleep(300)"]
+            PYTHON, "-c", CONNECT_AND_SLEEP]
     proc = popen(argv, signal.SIGTERM, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                 env=build.env())
+                 env=build.env(READY_DIR=tmp_path))
     try:
         # Both trainers connected (so both daemons run) before the signal.
-        for _ in range(2):
-            assert proc.stdout.readline().strip() == "up"
+        wait_for_files([tmp_path / "0", tmp_path / "1"], 60, proc, "trainers connecting")
         t0 = time.monotonic()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
