@@ -275,14 +275,19 @@ err_free:
     return rc;
 }
 
+static void bucket_unmap(gcomp_bucket *b)
+{
+    munmap(b->data, b->numel * sizeof(float));
+    munmap((void *)b->result, b->numel * sizeof(float));
+}
+
 void gcomp_disconnect(gcomp_client *c)
 {
     if (!c)
         return;
     for (gcomp_bucket *b = c->buckets, *next; b; b = next) {
         next = b->next;
-        munmap(b->data, b->numel * sizeof(float));
-        munmap((void *)b->result, b->numel * sizeof(float));
+        bucket_unmap(b);
         free(b);
     }
     close(c->fd);
@@ -323,8 +328,42 @@ static int check_layer(gcomp_client *c, const char *bucket, const gcomp_layer *l
     return GCOMP_OK;
 }
 
-int gcomp_bucket_register(gcomp_client *c, const char *name, const gcomp_layer *layers,
-                          size_t nlayers, gcomp_bucket **out)
+/* Send the registration in packets of at most GW_MAX_MSG bytes (proto/gcomp.proto:
+   every part names the bucket, the first gives total_layers, all but the last more). */
+static int send_register(gcomp_client *c, const char *name, Gcomp__Layer **pp, size_t nlayers,
+                         unsigned flags)
+{
+    size_t at = 0;
+    do {
+        Gcomp__Register reg = GCOMP__REGISTER__INIT;
+        reg.bucket = (char *)name;
+        reg.flags = flags;
+        reg.total_layers = at == 0 ? (uint32_t)nlayers : 0;
+        reg.layers = pp + at;
+        /* As many layers as fit, leaving room for the header fields. */
+        size_t n = 0, bytes = 64 + strlen(name);
+        while (at + n < nlayers) {
+            size_t one = protobuf_c_message_get_packed_size(&pp[at + n]->base) + 8;
+            if (n > 0 && bytes + one > GW_MAX_MSG)
+                break;
+            bytes += one;
+            n++;
+        }
+        reg.n_layers = n;
+        reg.more = at + n < nlayers;
+        Gcomp__TrainerMsg m = GCOMP__TRAINER_MSG__INIT;
+        m.msg_case = GCOMP__TRAINER_MSG__MSG_REGISTER;
+        m.register_ = &reg;
+        int rc = send_msg(c, &m);
+        if (rc)
+            return rc;
+        at += n;
+    } while (at < nlayers);
+    return GCOMP_OK;
+}
+
+int gcomp_bucket_register_flags(gcomp_client *c, const char *name, const gcomp_layer *layers,
+                                size_t nlayers, unsigned flags, gcomp_bucket **out)
 {
     if (!c || !name || !out || (!layers && nlayers))
         return GCOMP_INVALID;
@@ -334,6 +373,8 @@ int gcomp_bucket_register(gcomp_client *c, const char *name, const gcomp_layer *
     if (nlayers < 1 || nlayers > GCOMP_MAX_LAYERS)
         return set_error(c, GCOMP_INVALID, "bucket '%s': %zu layers, must be 1..%d", name,
                          nlayers, GCOMP_MAX_LAYERS);
+    if (flags & ~(unsigned)GCOMP_BUCKET_EXACT)
+        return set_error(c, GCOMP_INVALID, "bucket '%s': unknown flags 0x%x", name, flags);
     for (gcomp_bucket *b = c->buckets; b; b = b->next)
         if (strcmp(b->name, name) == 0)
             return set_error(c, GCOMP_INVALID, "bucket '%s' is already registered on this client",
@@ -357,14 +398,7 @@ int gcomp_bucket_register(gcomp_client *c, const char *name, const gcomp_layer *
         pl[i].dtype = layers[i].dtype;
         pp[i] = &pl[i];
     }
-    Gcomp__Register reg = GCOMP__REGISTER__INIT;
-    reg.bucket = (char *)name;
-    reg.layers = pp;
-    reg.n_layers = nlayers;
-    Gcomp__TrainerMsg m = GCOMP__TRAINER_MSG__INIT;
-    m.msg_case = GCOMP__TRAINER_MSG__MSG_REGISTER;
-    m.register_ = &reg;
-    rc = send_msg(c, &m);
+    rc = send_register(c, name, pp, nlayers, flags);
     if (rc)
         goto out_free;
 
@@ -416,6 +450,50 @@ out_free:
     free(pp);
     free(shapes);
     return rc;
+}
+
+int gcomp_bucket_register(gcomp_client *c, const char *name, const gcomp_layer *layers,
+                          size_t nlayers, gcomp_bucket **out)
+{
+    return gcomp_bucket_register_flags(c, name, layers, nlayers, 0, out);
+}
+
+int gcomp_bucket_unregister(gcomp_bucket *b)
+{
+    if (!b)
+        return GCOMP_INVALID;
+    gcomp_client *c = b->client;
+    if (b->in_flight)
+        return set_error(c, GCOMP_BUSY, "bucket '%s': step %lld was submitted and not waited for",
+                         b->name, (long long)b->step);
+    Gcomp__Unregister u = GCOMP__UNREGISTER__INIT;
+    u.bucket_id = b->id;
+    Gcomp__TrainerMsg m = GCOMP__TRAINER_MSG__INIT;
+    m.msg_case = GCOMP__TRAINER_MSG__MSG_UNREGISTER;
+    m.unregister = &u;
+    int rc = send_msg(c, &m);
+    Gcomp__DaemonMsg *r = NULL;
+    int fds[GW_MAX_FDS], nfds = 0;
+    if (!rc)
+        rc = await_reply(c, GCOMP__DAEMON_MSG__MSG_UNREGISTERED, &r, fds, &nfds);
+    if (!rc) {
+        rc = r->unregistered->status;
+        if (rc)
+            set_error(c, rc, "%s", r->unregistered->error);
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        gcomp__daemon_msg__free_unpacked(r, NULL);
+    }
+    if (rc)
+        return rc;
+    for (gcomp_bucket **p = &c->buckets; *p; p = &(*p)->next)
+        if (*p == b) {
+            *p = b->next;
+            break;
+        }
+    bucket_unmap(b);
+    free(b);
+    return GCOMP_OK;
 }
 
 size_t gcomp_bucket_numel(const gcomp_bucket *b)
