@@ -120,12 +120,18 @@ int fz_case_resolve(const fz_codec_case *c, fz_codec_call *call)
     int nphases = codec->nphases ? codec->nphases(&call->spec) : 1;
     call->nodes = 1 + c->nodes % FZ_MAX_NODES;
     call->node = c->node % call->nodes;
-    call->phase = c->phase % nphases;
     call->step = c->step;
-    call->coll = codec->phase_coll ? codec->phase_coll(&call->spec, call->phase)
-                                   : GK_COLL_ALLREDUCE_F32;
-    call->max_bytes = codec->max_bytes(&call->spec, &call->layer, call->phase);
+    fz_phase(call, c->phase % nphases);
     return 0;
+}
+
+void fz_phase(fz_codec_call *call, int phase)
+{
+    const gk_codec *codec = call->spec.codec;
+    call->phase = phase;
+    call->coll = codec->phase_coll ? codec->phase_coll(&call->spec, phase)
+                                   : GK_COLL_ALLREDUCE_F32;
+    call->max_bytes = codec->max_bytes(&call->spec, &call->layer, phase);
 }
 
 gk_call fz_call(const fz_codec_call *fc, void *state)

@@ -84,6 +84,9 @@ int fz_case_resolve(const fz_codec_case *c, fz_codec_call *call);
 /* The value selector sel stands for in parameter p's range (sel >= 1). */
 double fz_param_value(const gk_param_desc *p, uint8_t sel);
 
+/* Point call at another phase: sets phase, coll and max_bytes. */
+void fz_phase(fz_codec_call *call, int phase);
+
 /*
  * The codec interface as both programs use it, in one place each, so that a change of
  * kernels/codec.h is one edit here.

@@ -63,7 +63,12 @@ def manifest_seeds():
         m.update(changes)
         return m
 
-    two = [{"name": "b0", "layers": layers}, {"name": "fc", "layers": [{"name": "fc.w", "shape": [10, 8]}]}]
+    fc = {"name": "fc", "layers": [{"name": "fc.w", "shape": [10, 8]}]}
+    two = [{"name": "b0", "layers": layers}, fc]
+
+    def one_layer(**layer):
+        return [{"name": "b0", "layers": [dict(name="w", **layer)]}]
+
     seeds = {
         "minimal.json": base,
         "two-buckets.json": variant(buckets=two),
@@ -74,9 +79,9 @@ def manifest_seeds():
         "bool-steps.json": variant(steps=True),
         "duplicate-bucket.json": variant(buckets=[two[0], two[0]]),
         "slash-in-bucket.json": variant(buckets=[{"name": "../b0", "layers": layers}]),
-        "zero-dim.json": variant(buckets=[{"name": "b0", "layers": [{"name": "w", "shape": [4, 0]}]}]),
-        "nine-dims.json": variant(buckets=[{"name": "b0", "layers": [{"name": "w", "shape": [1] * 9}]}]),
-        "float16.json": variant(buckets=[{"name": "b0", "layers": [{"name": "w", "shape": [4], "dtype": "float16"}]}]),
+        "zero-dim.json": variant(buckets=one_layer(shape=[4, 0])),
+        "nine-dims.json": variant(buckets=one_layer(shape=[1] * 9)),
+        "float16.json": variant(buckets=one_layer(shape=[4], dtype="float16")),
         "hint-out-of-range.json": variant(hints=[{"step": 3, "lr": 0.1}]),
         "hint-unknown-key.json": variant(hints=[{"step": 1, "momentum": 0.9}]),
     }

@@ -214,9 +214,7 @@ static int codec_seed(const char *name, fz_codec_case *hdr, bool nan_first)
             return -1;
     }
     for (int p = 0; p <= target && !rc; p++) {
-        fc.phase = p;
-        fc.coll = c->phase_coll ? c->phase_coll(&fc.spec, p) : GK_COLL_ALLREDUCE_F32;
-        fc.max_bytes = c->max_bytes(&fc.spec, &fc.layer, p);
+        fz_phase(&fc, p);
         if (fc.coll != GK_COLL_ALLGATHER && W != 1)
             return -1;
         for (int w = 0; w < W && !rc; w++) {
@@ -293,9 +291,10 @@ static void codec_seeds(void)
                 continue;
             bool gather = false;
             int nphases = c->nphases ? c->nphases(&fc.spec) : 1;
-            for (int p = 0; p < nphases; p++)
-                gather |= (c->phase_coll ? c->phase_coll(&fc.spec, p) : GK_COLL_ALLREDUCE_F32) ==
-                          GK_COLL_ALLGATHER;
+            for (int p = 0; p < nphases; p++) {
+                fz_phase(&fc, p);
+                gather |= fc.coll == GK_COLL_ALLGATHER;
+            }
             hdr.nodes = gather ? 2 : 0; /* W = 3 or 1 */
             hdr.node = gather ? 1 : 0;
             for (int p = 0; p < nphases; p++) {

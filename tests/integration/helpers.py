@@ -62,6 +62,11 @@ class Build:
         return env
 
 
+# A trainer command: connects, says so in a file of its own (READY_DIR/GCOMP_RANK), sleeps.
+CONNECT_AND_SLEEP = ("import gcomp, os, time; c = gcomp.Client(); "
+                     "open(os.path.join(os.environ['READY_DIR'], os.environ['GCOMP_RANK']), "
+                     "'w').close(); time.sleep(300)")
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 
-from helpers import PYTHON, popen, wait_for_files
+from helpers import CONNECT_AND_SLEEP, PYTHON, popen, wait_for_files
 
 
 def test_start_everything_then_sleep(build, start_daemons, agents, tmp_path):
@@ -20,9 +20,7 @@ def test_start_everything_then_sleep(build, start_daemons, agents, tmp_path):
     a.ok("connect", socket=d.sock(0), job_id=d.job_id, local_rank=0, timeout_ms=10000)
     ready = tmp_path / "ready"
     ready.mkdir()
-    trainer = ("import gcomp, os, time; c = gcomp.Client(); "
-               "open(os.path.join(os.environ['READY_DIR'], os.environ['GCOMP_RANK']), 'w').close(); "
-               "time.sleep(300)")
+    trainer = CONNECT_AND_SLEEP
     job = popen([build.gcomp_run, "-v", "--nodes", "2", "--", PYTHON, "-c", trainer],
                 signal.SIGTERM, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 env=build.env(READY_DIR=ready))

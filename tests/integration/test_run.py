@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from helpers import PYTHON, TRAINER, kill_session, popen, processes_of_job, run as run_cmd, wait_for_files
+from helpers import (CONNECT_AND_SLEEP, PYTHON, TRAINER, kill_session, popen, processes_of_job,
+                     run as run_cmd, wait_for_files)
 
 
 def run(build, args, trainer_args=(), timeout=240):
@@ -71,12 +72,6 @@ def test_success_leaves_nothing(build):
                                    ["--steps", "1", "--spawn-child"])
     assert rc == 0, log
     assert_clean(job_id, job_dir)
-
-
-# A trainer that connects, says so in a file of its own (READY_DIR/GCOMP_RANK) and sleeps.
-CONNECT_AND_SLEEP = ("import gcomp, os, time; c = gcomp.Client(); "
-                     "open(os.path.join(os.environ['READY_DIR'], os.environ['GCOMP_RANK']), 'w').close(); "
-                     "time.sleep(300)")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
