@@ -104,6 +104,17 @@ def manifest_known_bugs():
     }
 
 
+def npy_known_bugs():
+    """.npy files on which check_npy raises something other than TraceError."""
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (6, "
+    header += b" " * (63 - len(header)) + b"\n"
+    return {
+        # An unclosed parenthesis in the header: numpy's header parser raises
+        # tokenize.TokenError, which check_npy does not catch (it catches ValueError).
+        "unclosed-header.npy": b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header,
+    }
+
+
 def write(target, seeds, root=CORPUS):
     d = os.path.join(root, target)
     os.makedirs(d)
@@ -122,6 +133,7 @@ def main():
     subprocess.run([generator, CORPUS, KNOWN_BUGS], check=True)
     write("fuzz_npy", npy_seeds())
     write("fuzz_manifest", manifest_seeds())
+    write("fuzz_npy", npy_known_bugs(), KNOWN_BUGS)
     write("fuzz_manifest", manifest_known_bugs(), KNOWN_BUGS)
     for root in (CORPUS, KNOWN_BUGS):
         for target in sorted(os.listdir(root)):
