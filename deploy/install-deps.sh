@@ -1,23 +1,38 @@
 #!/bin/sh
 # Install gcomp's build and test dependencies on Debian 12 (apt). Installs only what is
 # missing; needs root (or sudo). CUDA and NCCL are optional and not installed here.
+#   deploy/install-deps.sh              build, test, sanitized test (deploy/dev.sh test [--sanitize])
+#   deploy/install-deps.sh --fuzz VENV  also clang with libFuzzer, and atheris (from PyPI) in
+#                                       the Python virtual environment VENV (deploy/dev.sh fuzz)
 set -eu
 PKGS="gcc pkg-config meson ninja-build openmpi-bin libopenmpi-dev libucx-dev ucx-utils
 libprotobuf-c-dev protobuf-c-compiler libuv1-dev libcmocka-dev libopenblas-dev liblapacke-dev
 python3 python3-numpy python3-pytest procps iproute2 util-linux"
+venv=""
+if [ "${1:-}" = --fuzz ]; then
+    venv=${2:?usage: install-deps.sh --fuzz VENV}
+    PKGS="$PKGS clang libclang-rt-14-dev python3-venv"
+fi
 missing=""
 for p in $PKGS; do
     if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != installed ]; then
         missing="$missing $p"
     fi
 done
-[ -z "$missing" ] && exit 0
-echo "install-deps: installing$missing" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "install-deps: need root or sudo for:$missing" >&2; exit 1; }
-    SUDO=sudo
+if [ -n "$missing" ]; then
+    echo "install-deps: installing$missing" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "install-deps: need root or sudo for:$missing" >&2; exit 1; }
+        SUDO=sudo
+    fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-# shellcheck disable=SC2086
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+# atheris fuzzes the Python decoders; Debian's numpy is used from the environment.
+if [ -n "$venv" ] && ! "$venv/bin/python" -c "import atheris" 2>/dev/null; then
+    echo "install-deps: installing atheris into $venv" >&2
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
+    "$venv/bin/pip" install -q atheris==3.0.0
+fi
