@@ -1,7 +1,7 @@
 """Run by test_orphans.py as a pytest process of its own, which that test then kills with
 SIGKILL: starts what a test starts (daemons under mpirun, an agent trainer, a gcomp-run
-job with two trainers), writes the two job ids and the pids of the agent and gcomp-run
-to $PROBE_OUT once all of them run, and sleeps. Not a test by itself: its name does not
+job with two trainers), writes the two job ids, the pids of the agent and gcomp-run and
+the daemons' socket directory to $PROBE_OUT once all of them run, and sleeps. Not a test by itself: its name does not
 match test_*.py."""
 
 import json
@@ -31,6 +31,6 @@ def test_start_everything_then_sleep(build, start_daemons, agents, tmp_path):
     run_job = re.search(r"--job-id (\S+)", line).group(1)
     wait_for_files([ready / "0", ready / "1"], 60, job, "gcomp-run's trainers connecting")
     with open(os.environ["PROBE_OUT"] + ".tmp", "w") as f:
-        json.dump({"jobs": [d.job_id, run_job], "pids": [a.proc.pid, job.pid]}, f)
+        json.dump({"jobs": [d.job_id, run_job], "pids": [a.proc.pid, job.pid], "dir": d.dir}, f)
     os.rename(os.environ["PROBE_OUT"] + ".tmp", os.environ["PROBE_OUT"])
     time.sleep(300)

@@ -4,6 +4,7 @@ gcomp-run with its daemons and trainers all die with it (helpers.popen)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +24,7 @@ def test_sigkilled_test_process_leaves_nothing(build, tmp_path):
                    os.path.join(HERE, "orphan_probe.py")],
                   stdout=log, stderr=subprocess.STDOUT, cwd=HERE,
                   env=build.env(GCOMP_BUILD_DIR=build.root, PROBE_OUT=out))
+    started = {}
     try:
         wait_for_files([out], 120, probe, "the probe starting its processes")
         started = json.loads(out.read_text())
@@ -45,3 +47,5 @@ def test_sigkilled_test_process_leaves_nothing(build, tmp_path):
     finally:
         probe.kill()
         log.close()
+        if started:  # what the killed probe's own clean-up would have removed
+            shutil.rmtree(started["dir"], ignore_errors=True)
