@@ -12,20 +12,16 @@ import time
 import pytest
 
 from gcomp import launch
-from helpers import PYTHON, TRAINER, kill_session, processes_of_job
+from helpers import (CONNECT_AND_SLEEP, PYTHON, TRAINER, kill_session, popen, processes_of_job,
+                     run as run_cmd, wait_for_files)
 
 
 def run(build, args, trainer_args=(), timeout=240):
     """Run gcomp-run -v ... -- python trainer_mean.py ...; return (rc, stderr, job_id, job_dir)."""
     argv = [build.gcomp_run, "-v", *args, "--", PYTHON, TRAINER, *trainer_args]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=build.env(), start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        stop_launcher(proc)
-    job_id, job_dir = job_of(err)
-    return proc.returncode, out + err, job_id, job_dir
+    res = run_cmd(argv, timeout, signal.SIGTERM, env=build.env())
+    job_id, job_dir = job_of(res.stderr)
+    return res.returncode, res.stdout + res.stderr, job_id, job_dir
 
 
 def stop_launcher(proc):
@@ -88,14 +84,14 @@ def test_success_leaves_nothing(build):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_launcher_signal_kills_everything(build, sig):
+def test_launcher_signal_kills_everything(build, sig, tmp_path):
     argv = [build.gcomp_run, "-v", "--nodes", "2", "--trainers-per-node", "1", "--",
-            PYTHON, "-c", "import gcomp, time; c = gcomp.Client(); print('up', flush=True); time.sleep(300)"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=build.env(), start_new_session=True)
+            PYTHON, "-c", CONNECT_AND_SLEEP]
+    proc = popen(argv, signal.SIGTERM, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                 env=build.env(READY_DIR=tmp_path))
     try:
         # Both trainers connected (so both daemons run) before the signal.
-        assert sorted(proc.stdout.readline().strip() for _ in range(2)) == ["[0] up", "[1] up"]
+        wait_for_files([tmp_path / "0", tmp_path / "1"], 60, proc, "trainers connecting")
         t0 = time.monotonic()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
@@ -123,20 +119,19 @@ def test_stats_file_per_node(build, tmp_path):
 
 
 def test_bad_arguments(build):
-    res = subprocess.run([build.gcomp_run, "--nodes", "2", "--trainers-per-node", "1,2,3", "--", "true"],
-                         capture_output=True, text=True, env=build.env(), timeout=60)
+    res = run_cmd([build.gcomp_run, "--nodes", "2", "--trainers-per-node", "1,2,3", "--", "true"],
+                  60, signal.SIGTERM, env=build.env())
     assert res.returncode == 2 and "3 counts for 2 nodes" in res.stderr, res.stderr
-    res = subprocess.run([build.gcomp_run, "--nodes", "1"], capture_output=True, text=True,
-                         env=build.env(), timeout=60)
+    res = run_cmd([build.gcomp_run, "--nodes", "1"], 60, signal.SIGTERM, env=build.env())
     assert res.returncode == 2 and "no trainer command" in res.stderr, res.stderr
-    res = subprocess.run([build.gcomp_run, "--codec", "none", "--policy", "static", "--", "true"],
-                         capture_output=True, text=True, env=build.env(), timeout=60)
+    res = run_cmd([build.gcomp_run, "--codec", "none", "--policy", "static", "--", "true"],
+                  60, signal.SIGTERM, env=build.env())
     assert res.returncode == 2, res.stderr
 
 
 def test_missing_command(build):
-    res = subprocess.run([build.gcomp_run, "-v", "--nodes", "1", "--", "/nonexistent/trainer"],
-                         capture_output=True, text=True, env=build.env(), timeout=120)
+    res = run_cmd([build.gcomp_run, "-v", "--nodes", "1", "--", "/nonexistent/trainer"],
+                  120, signal.SIGTERM, env=build.env())
     assert res.returncode == 127, res.stderr
     assert "/nonexistent/trainer" in res.stderr
     assert_clean(*job_of(res.stderr))
