@@ -83,6 +83,7 @@ typedef struct gcd {
     int64_t max_step;           /* highest step any local trainer submitted */
     int connected;              /* trainers connected */
     bool stopping;              /* the loop thread should close everything and return */
+    bool wake_closed;           /* the loop thread closed `wake`: nobody may send to it */
     int bye_status;             /* why the daemon goes away (sent to every trainer as a
                                    Goodbye): GCOMP_SHUTDOWN, or what took the job down */
     char bye_text[512];

@@ -406,13 +406,19 @@ static void on_wake(uv_async_t *h)
         uv_poll_stop(&d->ctl_poll);
         uv_close((uv_handle_t *)&d->listen_poll, NULL);
         uv_close((uv_handle_t *)&d->ctl_poll, NULL);
+        pthread_mutex_lock(&d->mu);
+        d->wake_closed = true; /* a later wake (main's own) must not touch a closed loop */
         uv_close((uv_handle_t *)&d->wake, NULL);
+        pthread_mutex_unlock(&d->mu);
     }
 }
 
 void gcd_sessions_wake(gcd *d)
 {
-    uv_async_send(&d->wake);
+    pthread_mutex_lock(&d->mu);
+    if (!d->wake_closed)
+        uv_async_send(&d->wake);
+    pthread_mutex_unlock(&d->mu);
 }
 
 static int listen_on(const char *path, int *out)

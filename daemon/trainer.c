@@ -377,6 +377,15 @@ void gcd_trainer_msg(gcd_session *s, const uint8_t *buf, size_t len)
     gcomp__trainer_msg__free_unpacked(m, NULL);
 }
 
+/* Whether local rank t holds any bucket (d->mu held). */
+static bool slot_registered_any(const gcd *d, int t)
+{
+    for (uint32_t i = 0; i < d->nbuckets; i++)
+        if (d->buckets[i] && !d->buckets[i]->dying && ((d->buckets[i]->registered >> t) & 1))
+            return true;
+    return false;
+}
+
 void gcd_trainer_deadlines(gcd *d, int64_t now_ms)
 {
     pthread_mutex_lock(&d->mu);
@@ -403,24 +412,29 @@ void gcd_trainer_deadlines(gcd *d, int64_t now_ms)
             b->first_submit_ms = now_ms;
             continue;
         }
-        /* A connected slot that did not register it registered other buckets (names
-           differ); an unconnected one never came (or died before registering). */
+        /* A slot that registered other buckets registers different names (a mismatch); a
+           connected one that registered nothing is stopped or far behind; an unconnected
+           one never came, or died before registering. */
         char who[200] = "";
         size_t n = 0;
-        bool connected = false;
+        bool other = false, idle = false;
         for (int t = 0; t < b->trainers && n < sizeof(who); t++)
             if ((missing >> t) & 1) {
-                n += (size_t)snprintf(who + n, sizeof(who) - n, "%s%d%s", n ? ", " : "", t,
-                                      d->slots[t] ? " (connected)" : " (not connected)");
-                connected |= d->slots[t] != NULL;
+                bool any = d->slots[t] && slot_registered_any(d, t);
+                n += (size_t)snprintf(who + n, sizeof(who) - n, "%s%d (%s)", n ? ", " : "", t,
+                                      !d->slots[t] ? "not connected"
+                                      : any        ? "registered other buckets"
+                                                   : "connected, registered nothing: stopped?");
+                other |= any;
+                idle |= d->slots[t] && !any;
             }
         char why[512];
         snprintf(why, sizeof(why), "bucket '%s' step %lld: local rank %s on node %d did not "
                  "register it within %d ms of the first submit%s", b->name,
                  (long long)b->pending_step, who, d->node, d->cfg.timeout_ms,
-                 connected ? " (do the trainers register different bucket names?)" : "");
+                 other ? " (do the trainers register different bucket names?)" : "");
         gcd_log_warn("%s", why);
-        fail_pending(d, b, connected ? GCOMP_MISMATCH : GCOMP_PEER_LOST, why);
+        fail_pending(d, b, other ? GCOMP_MISMATCH : idle ? GCOMP_STALL : GCOMP_PEER_LOST, why);
         b->first_submit_ms = now_ms; /* reported once */
     }
     pthread_mutex_unlock(&d->mu);

@@ -11,9 +11,7 @@
 #                                the slow-link benchmark in a private network namespace
 #                                (tests/bench/bench_link.py; RATE default 1gbit)
 # Build directories: ./build, ./build-san, ./build-fuzz (GCOMP_BUILD, GCOMP_SAN_BUILD,
-# GCOMP_FUZZ_BUILD override them). With CI set, warnings are errors. GCOMP_KNOWN_FAILURES
-# (test names, space-separated) are failures of known bugs: reported, but `test` exits 0
-# if nothing else failed.
+# GCOMP_FUZZ_BUILD override them). With CI set, warnings are errors.
 set -eu
 cd "$(dirname "$0")/.."
 cmd=${1:-}
@@ -37,7 +35,7 @@ setup() {
 }
 
 # run_tests BUILD LABEL [MESON TEST ARGS]: meson test, then one line of counts naming what
-# failed; exits non-zero if a test failed that is not in GCOMP_KNOWN_FAILURES.
+# failed; exits non-zero if a test failed.
 run_tests() {
     log=$1/meson-logs/testlog.json label=$2
     shift 2
@@ -45,19 +43,15 @@ run_tests() {
     rc=0
     meson test -C "$BUILD" --print-errorlogs --num-processes 2 "$@" || rc=$?
     [ -f "$log" ] || exit "$rc" # no test ran (the build failed)
-    /usr/bin/python3 - "$log" "$label" "${GCOMP_KNOWN_FAILURES:-}" <<'PY'
+    /usr/bin/python3 - "$log" "$label" <<'PY'
 import json, sys
 res = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-known = set(sys.argv[3].split())
 ok = [r for r in res if r["result"] in ("OK", "EXPECTEDFAIL")]
 skip = [r for r in res if r["result"] == "SKIP"]
-bad = [r for r in res if r not in ok and r not in skip]
-new = [f'{r["name"]} ({r["result"]})' for r in bad if r["name"] not in known]
-old = [f'{r["name"]} ({r["result"]})' for r in bad if r["name"] in known]
+bad = [f'{r["name"]} ({r["result"]})' for r in res if r not in ok and r not in skip]
 print(f"{sys.argv[2]}: {len(ok)} passed, {len(bad)} failed, {len(skip)} skipped"
-      + (f": {', '.join(new)}" if new else "")
-      + (f"; known bugs: {', '.join(old)}" if old else ""))
-sys.exit(1 if new else 0)
+      + (f": {', '.join(bad)}" if bad else ""))
+sys.exit(1 if bad else 0)
 PY
 }
 

@@ -11,9 +11,11 @@
 #define GK_LOWRANK_H
 
 #include <stdbool.h>
+#include <string.h>
 #include <stddef.h>
 
 #include "codec.h"
+#include "gcomp.h"
 #include "rng.h"
 
 /* Indices into gk_spec.v for powersgd's keys (the order of its params table). */
@@ -81,6 +83,27 @@ static inline bool gk_lowrank_all_zero(const float *a, size_t len)
         if (a[i] != 0.0f)
             return false;
     return true;
+}
+
+/*
+ * The one check of an allreduced factor, shared by the reference and the optimised
+ * decoders so both refuse the same payloads: one segment of exactly floats float32, all
+ * finite (sums of finite factors are, unless they overflow; a NaN would spread through
+ * the orthogonalisation into every output and the residual). GCOMP_PROTOCOL otherwise.
+ */
+static inline int gk_lowrank_check(const void *const *recv, const size_t *bytes, int nrecv,
+                                   size_t floats)
+{
+    if (nrecv != 1 || bytes[0] != floats * sizeof(float))
+        return GCOMP_PROTOCOL;
+    const float *f = recv[0];
+    uint32_t bad = 0;
+    for (size_t i = 0; i < floats; i++) {
+        uint32_t u;
+        memcpy(&u, &f[i], sizeof(u));
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad ? GCOMP_PROTOCOL : GCOMP_OK;
 }
 
 /* powersgd_unbiased's payload in floats at a step: P (n r_t) on even steps, Q (m r_t)

@@ -115,12 +115,6 @@ static void ref_outer(const gk_lowrank_state *st, float *x, float *out, const fl
         }
 }
 
-/* Check that an allreduce result has the size of the expected factor. */
-static int check_recv(const size_t *bytes, int nrecv, size_t floats)
-{
-    return nrecv == 1 && bytes[0] == floats * sizeof(float) ? GCOMP_OK : GCOMP_PROTOCOL;
-}
-
 static int powersgd_ref_encode(const gk_call *call, float *x, void *send, size_t *bytes)
 {
     gk_lowrank_state *st = call->state;
@@ -146,13 +140,13 @@ static int powersgd_ref_decode(const gk_call *call, float *x, const void *const 
     gk_lowrank_state *st = call->state;
     const float *sum = recv[0];
     if (call->phase % 2 == 0) {
-        if (check_recv(bytes, nrecv, st->n * st->r))
+        if (gk_lowrank_check(recv, bytes, nrecv, st->n * st->r))
             return GCOMP_PROTOCOL;
         memcpy(st->p, sum, st->n * st->r * sizeof(float));
         gk_lowrank_orthogonalise_ref(st->p, st->n, st->r);
         return GCOMP_OK;
     }
-    if (check_recv(bytes, nrecv, st->m * st->r))
+    if (gk_lowrank_check(recv, bytes, nrecv, st->m * st->r))
         return GCOMP_PROTOCOL;
     for (size_t i = 0; i < st->m * st->r; i++)
         st->q[i] = sum[i] / (float)call->nodes;
@@ -194,7 +188,7 @@ static int unbiased_ref_decode(const gk_call *call, float *x, const void *const 
     bool pstep = call->step % 2 == 0;
     float *f = pstep ? st->p : st->q;
     size_t len = (pstep ? st->n : st->m) * st->r;
-    if (check_recv(bytes, nrecv, gk_lowrank_unbiased_floats(st, call->step)))
+    if (gk_lowrank_check(recv, bytes, nrecv, gk_lowrank_unbiased_floats(st, call->step)))
         return GCOMP_PROTOCOL;
     const float *sum = recv[0];
     for (size_t i = 0; i < len; i++)

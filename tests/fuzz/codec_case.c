@@ -131,7 +131,7 @@ void fz_phase(fz_codec_call *call, int phase)
     call->phase = phase;
     call->coll = codec->phase_coll ? codec->phase_coll(&call->spec, phase)
                                    : GK_COLL_ALLREDUCE_F32;
-    call->max_bytes = codec->max_bytes(&call->spec, &call->layer, phase);
+    call->max_bytes = gk_payload_bytes(&call->spec, &call->layer, phase, call->step);
 }
 
 gk_call fz_call(const fz_codec_call *fc, void *state)
@@ -143,7 +143,7 @@ gk_call fz_call(const fz_codec_call *fc, void *state)
 
 int fz_impls(const gk_codec *c, const gk_codec_impl *out[2])
 {
-    out[0] = c->ref;
-    out[1] = gk_codec_impl_of(c);
+    out[0] = c->impl[GK_BACKEND_REF];
+    out[1] = gk_codec_impl_of(c, GK_BACKEND_CPU);
     return 2;
 }

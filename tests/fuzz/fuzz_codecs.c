@@ -6,7 +6,7 @@
  *
  * Checked on every input (a failed check aborts, as libFuzzer expects):
  *  - both implementations return the same status: the shared validators (kernels/quant.h,
- *    kernels/sparse.c) make them refuse exactly the same payloads;
+ *    kernels/sparse.c, kernels/lowrank.h) make them refuse exactly the same payloads;
  *  - a decode succeeds if and only if the payload passes its format's check (the table
  *    below): none returns success on a payload that does not validate;
  *  - no decode writes past the layer in out or x (guard words after each buffer; a
@@ -19,6 +19,7 @@
 
 #include "codec_case.h"
 #include "gcomp.h"
+#include "lowrank.h"
 #include "quant.h"
 #include "sparse.h"
 
@@ -90,6 +91,14 @@ static int check_allreduce(const fz_codec_call *fc, const gk_call *call,
     return nrecv == 1 && bytes[0] == fc->max_bytes ? GCOMP_OK : GCOMP_PROTOCOL;
 }
 
+/* An allreduced low-rank factor: exactly max_bytes of finite floats (kernels/lowrank.h). */
+static int check_lowrank(const fz_codec_call *fc, const gk_call *call, const void *const *recv,
+                         const size_t *bytes, int nrecv)
+{
+    (void)call;
+    return gk_lowrank_check(recv, bytes, nrecv, fc->max_bytes / sizeof(float));
+}
+
 /* Codecs whose payloads are checked beyond their size; an allgather codec must be here. */
 static const struct {
     const char *codec;
@@ -101,6 +110,7 @@ static const struct {
     {"signsgd", check_signsgd},      {"signnorm", check_signnorm},
     {"onebit", check_onebit},        {"qsgd", check_qsgd},
     {"terngrad", check_terngrad},    {"maxmin", check_maxmin},
+    {"powersgd", check_lowrank},     {"powersgd_unbiased", check_lowrank},
 };
 
 static fz_check check_of(const fz_codec_call *fc)

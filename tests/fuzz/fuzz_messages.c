@@ -38,10 +38,10 @@ static void node_report(const uint8_t *data, size_t size)
     Gcomp__NodeReport *r = gcomp__node_report__unpack(NULL, size, data);
     if (!r)
         return;
-    gcd_coord *c = gcd_coord_new(2);
+    gcd_coord *c = gcd_coord_new(2, 60000);
     Gcomp__NodeReport *reports[2] = {r, r};
     Gcomp__Decision dec = GCOMP__DECISION__INIT;
-    if (c && gcd_coord_step(c, reports, &dec) == 0) {
+    if (c && gcd_coord_step(c, reports, 1000, &dec) == 0) {
         size_t len = gcomp__decision__get_packed_size(&dec);
         uint8_t *buf = malloc(len ? len : 1);
         if (!buf)

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Write the seed corpora of every fuzz target into tests/fuzz/corpus/TARGET/, and the
-inputs that reproduce known bugs into tests/fuzz/known_bugs/TARGET/.
+"""Write the seed corpora of every fuzz target into tests/fuzz/corpus/TARGET/, with the
+inputs of the bugs the fuzzers found (fixed; kept as regression seeds).
 
     tests/fuzz/make_corpus.py [BUILD]      (BUILD: a build directory, default ./build)
 
@@ -23,7 +23,6 @@ from numpy.lib import format as npy_format
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
-KNOWN_BUGS = os.path.join(HERE, "known_bugs")
 C_TARGETS = ("fuzz_messages", "fuzz_codecs")
 
 
@@ -91,9 +90,9 @@ def manifest_seeds():
     return out
 
 
-def manifest_known_bugs():
-    """Manifests on which trace.load raises something other than TraceError (the
-    replay then dies with a traceback instead of "invalid trace")."""
+def manifest_regressions():
+    """Manifests on which trace.load once raised something other than TraceError (the
+    replay died with a traceback instead of "invalid trace"); fixed, kept as seeds."""
     name = b'{"format": "gcomp-trace/1", "workers": 1, "steps": 1, "buckets": ' \
            b'[{"name": "\\ud800", "layers": [{"name": "w", "shape": [1]}]}]}'
     return {
@@ -104,20 +103,20 @@ def manifest_known_bugs():
     }
 
 
-def npy_known_bugs():
-    """.npy files on which check_npy raises something other than TraceError."""
+def npy_regressions():
+    """.npy files on which check_npy once raised something other than TraceError."""
     header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (6, "
     header += b" " * (63 - len(header)) + b"\n"
     return {
         # An unclosed parenthesis in the header: numpy's header parser raises
-        # tokenize.TokenError, which check_npy does not catch (it catches ValueError).
+        # tokenize.TokenError, which check_npy did not catch (it caught ValueError).
         "unclosed-header.npy": b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header,
     }
 
 
 def write(target, seeds, root=CORPUS):
     d = os.path.join(root, target)
-    os.makedirs(d)
+    os.makedirs(d, exist_ok=True)
     for name, data in seeds.items():
         with open(os.path.join(d, name), "wb") as f:
             f.write(data)
@@ -128,18 +127,16 @@ def main():
     generator = os.path.join(build, "tests", "fuzz", "fuzz-seeds")
     if not os.access(generator, os.X_OK):
         sys.exit(f"make_corpus: {generator} not found: build first (ninja -C {build})")
-    for root in (CORPUS, KNOWN_BUGS):
-        shutil.rmtree(root, ignore_errors=True)
-    subprocess.run([generator, CORPUS, KNOWN_BUGS], check=True)
+    shutil.rmtree(CORPUS, ignore_errors=True)
+    subprocess.run([generator, CORPUS], check=True)
     write("fuzz_npy", npy_seeds())
     write("fuzz_manifest", manifest_seeds())
-    write("fuzz_npy", npy_known_bugs(), KNOWN_BUGS)
-    write("fuzz_manifest", manifest_known_bugs(), KNOWN_BUGS)
-    for root in (CORPUS, KNOWN_BUGS):
-        for target in sorted(os.listdir(root)):
-            files = os.listdir(os.path.join(root, target))
-            size = sum(os.path.getsize(os.path.join(root, target, f)) for f in files)
-            print(f"{os.path.basename(root)}/{target}: {len(files)} files, {size} bytes")
+    write("fuzz_npy", npy_regressions())
+    write("fuzz_manifest", manifest_regressions())
+    for target in sorted(os.listdir(CORPUS)):
+        files = os.listdir(os.path.join(CORPUS, target))
+        size = sum(os.path.getsize(os.path.join(CORPUS, target, f)) for f in files)
+        print(f"corpus/{target}: {len(files)} files, {size} bytes")
 
 
 if __name__ == "__main__":

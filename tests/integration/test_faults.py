@@ -113,10 +113,15 @@ def test_fault(build, start_daemons, agents, what, sig, when):
         assert r["code"] != gcomp.Status.TIMEOUT, f"{k}: only its own deadline: {r}"
         assert r["elapsed"] < bound, f"{k}: error after {r['elapsed']:.1f} s: {r}"
     msgs = " | ".join(r["message"] for r in replies.values())
+    print(f"{what}-{sig}-{when}: after <= {max(r['elapsed'] for r in replies.values()):.1f} s: "
+          f"{sorted(set(r['name'] for r in replies.values()))} {msgs}")
     if what == "trainer":
         assert "local rank 1" in msgs and "node 1" in msgs, msgs
         if sig == "KILL":
             assert "disconnected" in msgs or "not connected" in msgs, msgs
+        else:  # stopped: a stall, never taken for a bucket-name mismatch
+            assert all(r["code"] == gcomp.Status.STALL for r in replies.values()), replies
+            assert "stopped?" in msgs and "different bucket names" not in msgs, msgs
         # The daemons survived: a trainer takes the slot again, the job goes on.
         if sig == "STOP":
             t[victim].kill(signal.SIGKILL)

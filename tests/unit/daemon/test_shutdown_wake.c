@@ -1,12 +1,11 @@
 /*
- * Known bug (docs/RELIABILITY.md), registered as an expected failure: gcompd can abort
- * in libuv at shutdown. main() sets d.stopping, then calls gcd_sessions_wake(). If the
- * loop thread handles another wake in between (the engine's reply to `gcompctl
- * shutdown`, a trainer's closed session), on_wake() sees stopping, closes its handles,
- * uv_run() returns and gcd_sessions_run() closes the loop; main's uv_async_send() then
- * writes to the loop's closed eventfd and libuv calls abort(). Seen in the sanitized
- * integration run (test_codecs, "mpirun noticed that process rank 1 ... exited on
- * signal 6"). This test makes that order happen: it aborts until the bug is fixed.
+ * A fixed bug (docs/RELIABILITY.md): gcompd could abort in libuv at shutdown. main()
+ * sets d.stopping, then calls gcd_sessions_wake(). If the loop thread handled another
+ * wake in between (the engine's reply to `gcompctl shutdown`, a trainer's closed
+ * session), on_wake() saw stopping, closed its handles, uv_run() returned and
+ * gcd_sessions_run() closed the loop; main's uv_async_send() then wrote to the loop's
+ * closed eventfd and libuv called abort(). Seen in the sanitized integration run. This
+ * test makes that order happen; it aborted before the fix (wake_closed).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -35,6 +34,6 @@ int main(void)
     pthread_join(loop, NULL);
     rmdir(dir); /* empty: the loop thread removed its sockets */
     gcd_sessions_wake(&d); /* main()'s own wake, now after the loop is closed */
-    printf("known_bug_shutdown_wake: a wake after the loop thread stopped did not abort\n");
+    printf("test_shutdown_wake: a wake after the loop thread stopped did not abort\n");
     return 0;
 }
