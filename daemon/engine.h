@@ -221,8 +221,10 @@ bool eng_policy_observes(engine *e, const eng_bucket *eb, int64_t step);
    hints and times (policy_host.c's layout). */
 size_t eng_stats_len(const gp_instance *p, size_t nlayers);
 /* Start the step's collect() jobs on the pool as batch b (0 jobs if the policy
-   collects nothing). */
+   collects nothing). The engine keeps a pointer to b until eng_collect_end(e, b). */
 int eng_collect_run(engine *e, eng_collect *c, gcd_batch *b);
+/* b (of eng_collect_run) finished and is about to be freed with its step: forget it. */
+void eng_collect_end(engine *e, const gcd_batch *b);
 /* Whether every collect() batch started has finished (decide/observe wait for it). */
 bool eng_collects_done(engine *e);
 /* Fill the rest of the step's vector before the exchange: the layers' payloads, this

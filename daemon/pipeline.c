@@ -717,6 +717,7 @@ static int step_progress(engine *e, eng_step *s)
     case S_COLLECT:
         if (!gcd_batch_done(&s->colb))
             break;
+        eng_collect_end(e, &s->colb); /* the step, and colb with it, is freed when done */
         if ((rc = atomic_load(&s->colb.status)))
             return fail_step(s, rc, "the policy's collect");
         s->t_col_s = s->colb.t_end - s->colb.t_start;

@@ -359,6 +359,15 @@ int eng_collect_run(engine *e, eng_collect *c, gcd_batch *b)
     return gcd_pool_run(e->pool, b, collect_serial, c, 1);
 }
 
+void eng_collect_end(engine *e, const gcd_batch *b)
+{
+    for (size_t i = 0; i < e->ncollects; i++)
+        if (e->collects[i] == b) {
+            e->collects[i] = e->collects[--e->ncollects];
+            return;
+        }
+}
+
 bool eng_collects_done(engine *e)
 {
     size_t keep = 0;
