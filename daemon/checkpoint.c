@@ -88,16 +88,22 @@ static int write_checkpoint(engine *e, const char *dir, char *msg, size_t len)
                  : GCOMP_IO;
     if (!rc && has_pstate)
         rc = pol->save(ps->p->state, f);
+    /* The engine state of live buckets; only the loop frees buckets, and only after the
+       engine dropped their state (GCD_EV_FREED), so eng != NULL keeps b alive here. */
     pthread_mutex_lock(&d->mu);
-    uint32_t nb = d->nbuckets, count = 0;
+    uint32_t count = 0;
+    gcd_bucket **live = calloc(d->nbuckets ? d->nbuckets : 1, sizeof(*live));
+    for (uint32_t i = 0; live && i < d->nbuckets; i++)
+        if (d->buckets[i] && d->buckets[i]->eng)
+            live[count++] = d->buckets[i];
     pthread_mutex_unlock(&d->mu);
-    for (uint32_t i = 0; i < nb; i++)
-        count += d->buckets[i]->eng != NULL;
+    if (!live)
+        rc = GCOMP_NOMEM;
     if (!rc && !PUT(f, count))
         rc = GCOMP_IO;
-    for (uint32_t i = 0; i < nb && !rc; i++)
-        if (d->buckets[i]->eng)
-            rc = save_bucket(f, d->buckets[i]);
+    for (uint32_t i = 0; i < count && !rc; i++)
+        rc = save_bucket(f, live[i]);
+    free(live);
     if (fclose(f) != 0 && !rc)
         rc = GCOMP_IO;
     if (!rc && rename(tmp, path) < 0)

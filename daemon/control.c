@@ -12,6 +12,9 @@
 static int cmd_status(gcd *d, int json, char *out, size_t len)
 {
     pthread_mutex_lock(&d->mu);
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < d->nbuckets; i++)
+        live += d->buckets[i] && !d->buckets[i]->dying;
     double up = (double)(gcd_now_ms() - d->started_ms) / 1000.0;
     if (json) {
         size_t n = (size_t)snprintf(out, len,
@@ -28,9 +31,11 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
                               (unsigned long long)d->policy_epoch, (long long)d->policy_step,
                               (unsigned long long)d->hints.count, (long long)d->hints.step,
                               d->hints.lr, (long long)d->hints.epochs);
-        for (uint32_t i = 0; i < d->nbuckets && n < len; i++) {
+        for (uint32_t i = 0, k = 0; i < d->nbuckets && n < len; i++) {
             const gcd_bucket *b = d->buckets[i];
-            n += (size_t)snprintf(out + n, len - n, "%s{\"name\":", i ? "," : "");
+            if (!b || b->dying)
+                continue;
+            n += (size_t)snprintf(out + n, len - n, "%s{\"name\":", k++ ? "," : "");
             n += gcd_json_str(out + n, n < len ? len - n : 0, b->name);
             n += (size_t)snprintf(out + n, n < len ? len - n : 0,
                                   ",\"layers\":%zu,\"numel\":%zu,\"last_step\":%lld,"
@@ -51,9 +56,11 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
             d->node, d->nodes, d->cfg.job_id, d->transport.ops->name, up, d->connected,
             d->trainers, d->total_trainers, d->policy_spec, (unsigned long long)d->policy_epoch,
             (long long)d->policy_step, (long long)d->max_step, (unsigned long long)d->hints.count,
-            d->nbuckets);
+            live);
         for (uint32_t i = 0; i < d->nbuckets && n < len; i++) {
             const gcd_bucket *b = d->buckets[i];
+            if (!b || b->dying)
+                continue;
             n += (size_t)snprintf(out + n, len - n, "  %-24s %4zu layers %12zu elements, last step %lld%s%s\n",
                                   b->name, b->layout.n, b->layout.numel, (long long)b->last_step,
                                   b->lost[0] ? ", waiting: " : "", b->lost);

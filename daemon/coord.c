@@ -20,7 +20,7 @@ typedef struct pending {
 } pending;
 
 /* What the coordinator knows of a bucket's layout, per node. */
-enum { LAYOUT_UNKNOWN = 0, LAYOUT_OK, LAYOUT_BAD };
+enum { LAYOUT_UNKNOWN = 0, LAYOUT_OK, LAYOUT_BAD, LAYOUT_GONE /* unregistered there */ };
 typedef struct known {
     char *bucket;
     gcd_layout layout; /* from node `first` */
@@ -169,6 +169,10 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
     known *k = find_known(c, e->bucket);
     if (k && k->state[w] == LAYOUT_OK)
         return GCOMP_OK;
+    if (k && k->state[w] == LAYOUT_GONE && e->n_layers == 0) {
+        *why = fmt("bucket '%s': node %d reported it after unregistering it", e->bucket, w);
+        return GCOMP_PROTOCOL;
+    }
     if (k && k->state[w] == LAYOUT_BAD) {
         *why = strdup(k->why[w]);
         return GCOMP_MISMATCH;
@@ -184,6 +188,7 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
         *why = strdup(err);
         return rc;
     }
+    l.flags = e->flags;
     if (!k) {
         known *arr = grow(c->known, &c->capknown, c->nknown + 1, sizeof(*arr));
         if (!arr) {
@@ -285,9 +290,47 @@ static int on_failure(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__De
     return rc;
 }
 
+/* Every trainer of node w unregistered the bucket: forget w's layout (the name may come
+   back with another), and forget the bucket once no node holds it. A step waiting for w
+   fails when decisions are emitted (it would never come). */
+static void on_unregistered(gcd_coord *c, int w, const char *bucket)
+{
+    known *k = find_known(c, bucket);
+    if (!k)
+        return;
+    k->state[w] = LAYOUT_GONE;
+    free(k->why[w]);
+    k->why[w] = NULL;
+    int held = 0;
+    for (int v = 0; v < c->nodes; v++)
+        held += k->state[v] == LAYOUT_OK || k->state[v] == LAYOUT_BAD;
+    if (!held) {
+        free(k->bucket);
+        gcd_layout_free(&k->layout);
+        for (int v = 0; v < c->nodes; v++)
+            free(k->why[v]);
+        free(k->state);
+        free(k->why);
+        *k = c->known[--c->nknown];
+    }
+}
+
+/* The first node that no longer holds a pending step's bucket, or -1. */
+static int gone_node(gcd_coord *c, const pending *p)
+{
+    const known *k = find_known(c, p->bucket);
+    for (int w = 0; k && w < c->nodes; w++)
+        if (k->state[w] == LAYOUT_GONE && !p->ready[w])
+            return w;
+    return -1;
+}
+
 int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decision *dec)
 {
     int rc = GCOMP_OK;
+    for (int w = 0; w < c->nodes; w++)
+        for (size_t i = 0; i < reports[w]->n_unregistered; i++)
+            on_unregistered(c, w, reports[w]->unregistered[i]);
     for (int w = 0; w < c->nodes && !rc; w++) {
         const Gcomp__NodeReport *r = reports[w];
         dec->shutdown |= r->shutdown;
@@ -326,6 +369,9 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
     size_t keep = 0;
     for (size_t i = 0; i < c->npend; i++) {
         pending *p = &c->pend[i];
+        int gone = gone_node(c, p);
+        if (gone >= 0)
+            fail(p, GCOMP_PEER_LOST, fmt("bucket '%s' was unregistered on node %d", p->bucket, gone));
         if (p->status || p->nready == c->nodes) {
             rc = add_entry(dec, p->bucket, p->step, p->status, p->error);
             pending_free(p);

@@ -34,6 +34,8 @@ typedef struct gcd_bucket {
 
     /* Under gcd.mu. */
     uint64_t registered;  /* slots (local ranks) that registered the bucket */
+    uint64_t released;    /* slots that unregistered it (a disconnect does not count: the
+                             trainer may come back to its slot); all: it dies */
     uint64_t submitted;   /* slots that submitted pending_step */
     int64_t pending_step; /* -1: none */
     bool queued;          /* all slots submitted: handed to the engine */
@@ -44,6 +46,8 @@ typedef struct gcd_bucket {
                              submitted it: later submits of it fail at once */
     int failed_status;
     char failed_error[512];
+    bool dying;           /* every slot released it: the engine drops its state, then
+                             the loop frees it (GCD_EV_UNREGISTER, GCD_EV_FREED) */
 
     /* Engine thread only. */
     bool announced;       /* layout sent to the coordinator */
@@ -57,8 +61,10 @@ enum gcd_event_kind {
     GCD_EV_SHUTDOWN,  /* loop -> engine: job-wide shutdown asked */
     GCD_EV_QUERY,     /* loop -> engine: a query for the policy (text = args, '\n'-separated) */
     GCD_EV_CHECKPOINT,/* loop -> engine: save a checkpoint in text (a directory) */
+    GCD_EV_UNREGISTER,/* loop -> engine: bucket is dying: drop its engine state */
     GCD_EV_COMPLETE,  /* engine -> loop: bucket's step finished with status/text */
     GCD_EV_CTL_REPLY, /* engine -> loop: answer ctl_id with status/text */
+    GCD_EV_FREED,     /* engine -> loop: the engine is done with dying bucket: free it */
 };
 
 typedef struct gcd_event {
@@ -85,7 +91,8 @@ typedef struct gcd {
 
     pthread_mutex_t mu;
     pthread_cond_t cv;          /* engine waits here for to_engine */
-    gcd_bucket **buckets;       /* by id; grows under mu, entries never move or go */
+    gcd_bucket **buckets;       /* by id; grows under mu; a freed bucket's entry is NULL
+                                   (ids are never reused) */
     uint32_t nbuckets, capbuckets;
     gcd_queue to_engine, to_loop;
     int64_t max_step;           /* highest step any local trainer submitted */
@@ -125,11 +132,15 @@ int gcd_queue_push(gcd_queue *q, enum gcd_event_kind kind, uint32_t bucket, int6
 gcd_event *gcd_queue_take_all(gcd_queue *q);
 
 /* Registry (registry.c), under mu. */
+/* The live bucket of that name (not dying), or NULL. */
 gcd_bucket *gcd_bucket_by_name(gcd *d, const char *name);
+/* The bucket of that id (dying ones too), or NULL once freed. */
 gcd_bucket *gcd_bucket_by_id(gcd *d, uint32_t id);
 /* Create the bucket, or check the layout against the registered one. */
 int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
                         gcd_bucket **out, char *err, size_t errlen);
+/* Free a dying bucket's memory and its entry (loop thread, after GCD_EV_FREED). */
+void gcd_bucket_free(gcd *d, gcd_bucket *b);
 void gcd_buckets_free(gcd *d);
 
 /* The loop thread (sessions.c): listen, serve, return when stopping. */

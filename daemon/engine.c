@@ -245,12 +245,15 @@ static void log_decision(engine *e, const gcd_bucket *b, size_t i, int64_t step,
     pthread_mutex_unlock(&d->mu);
 }
 
-/* Ask the policy for every layer's spec; reset state where the codec changed. */
+/* Ask the policy for every layer's spec; reset state where the codec changed. Exact
+   buckets (GCOMP_BUCKET_EXACT) go dense without asking. */
 static int decide_layers(engine *e, gcd_bucket *b, int64_t step, int *ncompressed)
 {
     gp_instance *p = policy_at(e, step);
     gcd_engine_bucket *eb = b->eng;
     *ncompressed = 0;
+    if (b->layout.flags & GCOMP_BUCKET_EXACT)
+        return GCOMP_OK;
     for (size_t i = 0; i < b->layout.n; i++) {
         eng_layer *l = &eb->layers[i];
         gp_layer pl = {.bucket = b->name, .name = b->layout.layers[i].name, .index = (int)i,
@@ -719,7 +722,8 @@ static int run_bucket(engine *e, gcd_bucket *b, int64_t step)
     int ncomp = 0;
     size_t payload = 0;
     gp_instance *p = policy_at(e, step);
-    bool observing = p->policy->collect || p->policy->observe || p->policy->advice;
+    bool observing = !(b->layout.flags & GCOMP_BUCKET_EXACT) &&
+                     (p->policy->collect || p->policy->observe || p->policy->advice);
     size_t nvec = b->layout.n * ((size_t)p->policy->nstats + 1) + TAIL_N;
     double *vec = observing ? scratch((void **)&e->stats, &e->statscap, nvec * sizeof(double)) : NULL;
     int rc = observing && !vec ? GCOMP_NOMEM : decide_layers(e, b, step, &ncomp);
@@ -759,6 +763,8 @@ typedef struct report_build {
     Gcomp__NodeReport r;
     Gcomp__ReadyEntry **entries; /* each owns its layout arrays, if it carries one */
     size_t n, cap;
+    char **unregistered;         /* names of buckets that died here this cycle */
+    size_t nunreg;
 } report_build;
 
 static Gcomp__ReadyEntry *report_add(report_build *rb, const char *bucket, int64_t step,
@@ -797,6 +803,9 @@ static void report_clear(report_build *rb)
         free(en);
     }
     free(rb->entries);
+    for (size_t i = 0; i < rb->nunreg; i++)
+        free(rb->unregistered[i]);
+    free(rb->unregistered);
 }
 
 /* Fail every step this node holds (stall, shutdown, broken exchange). */
@@ -804,7 +813,7 @@ static void fail_everything(gcd *d, int status, const char *why)
 {
     pthread_mutex_lock(&d->mu);
     for (uint32_t i = 0; i < d->nbuckets; i++)
-        if (d->buckets[i]->pending_step >= 0)
+        if (d->buckets[i] && d->buckets[i]->pending_step >= 0)
             gcd_queue_push(&d->to_loop, GCD_EV_COMPLETE, i, d->buckets[i]->pending_step, status,
                            0, why);
     pthread_mutex_unlock(&d->mu);
@@ -844,14 +853,14 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
     rb->r.max_step = d->max_step;
     /* Buckets with a lost trainer fail whatever step the other nodes start. */
     for (uint32_t i = 0; i < d->nbuckets; i++)
-        if (d->buckets[i]->lost[0])
+        if (d->buckets[i] && !d->buckets[i]->dying && d->buckets[i]->lost[0])
             report_add(rb, d->buckets[i]->name, -1, GCOMP_PEER_LOST, d->buckets[i]->lost);
     pthread_mutex_unlock(&d->mu);
 
     while (ev) {
         gcd_event *next = ev->next;
         gcd_bucket *b = NULL;
-        if (ev->kind == GCD_EV_READY || ev->kind == GCD_EV_FAIL) {
+        if (ev->kind == GCD_EV_READY || ev->kind == GCD_EV_FAIL || ev->kind == GCD_EV_UNREGISTER) {
             pthread_mutex_lock(&d->mu);
             b = gcd_bucket_by_id(d, ev->bucket);
             pthread_mutex_unlock(&d->mu);
@@ -888,6 +897,7 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
                 if (en && !b->announced) {
                     en->layers = ptrs;
                     en->n_layers = b->layout.n;
+                    en->flags = b->layout.flags;
                     b->announced = true;
                 } else if (!b->announced) {
                     free(msgs);
@@ -900,6 +910,19 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
         case GCD_EV_FAIL:
             report_add(rb, b->name, ev->step, ev->status, ev->text);
             break;
+        case GCD_EV_UNREGISTER: {
+            /* Every slot left it: drop the engine's state, tell the coordinator (so the
+               name may come back with another layout), let the loop free the memory. */
+            char **names = realloc(rb->unregistered, (rb->nunreg + 1) * sizeof(*names));
+            if (names) {
+                rb->unregistered = names;
+                if ((names[rb->nunreg] = strdup(b->name)))
+                    rb->nunreg++;
+            }
+            eng_bucket_free(b);
+            gcd_engine_to_loop(d, GCD_EV_FREED, b->id, 0, 0, 0, NULL);
+            break;
+        }
         case GCD_EV_POLICY: {
             ctl_wait *a = realloc(e->asks, (e->nasks + 1) * sizeof(*a));
             if (a) {
@@ -935,6 +958,8 @@ static int build_report(engine *e, report_build *rb, bool *shutdown)
     rb->r.node = d->node;
     rb->r.ready = rb->entries;
     rb->r.n_ready = rb->n;
+    rb->r.unregistered = rb->unregistered;
+    rb->r.n_unregistered = rb->nunreg;
     rb->r.shutdown = *shutdown;
     /* One policy switch per cycle; the coordinator queues them in order. */
     if (e->sent_asks < e->nasks)
@@ -1217,7 +1242,8 @@ int gcd_engine_run(gcd *d)
         rc = GCOMP_OK;
     }
     for (uint32_t i = 0; i < d->nbuckets; i++)
-        eng_bucket_free(d->buckets[i]);
+        if (d->buckets[i])
+            eng_bucket_free(d->buckets[i]);
     while (e.saved) {
         saved_bucket *s = e.saved;
         e.saved = s->next;

@@ -6,6 +6,58 @@
 
 #include "wire.h"
 
+int gcd_layout_append(const char *bucket, Gcomp__Layer *const *pl, size_t n, size_t limit,
+                      gcd_layout *io, char *err, size_t errlen)
+{
+    if (n > limit || io->n > limit - n) {
+        snprintf(err, errlen, "bucket '%s': more than %zu layers", bucket, limit);
+        return GCOMP_LIMIT;
+    }
+    gcd_layer *ls = realloc(io->layers, (io->n + n ? io->n + n : 1) * sizeof(*ls));
+    if (!ls) {
+        snprintf(err, errlen, "bucket '%s': out of memory", bucket);
+        return GCOMP_NOMEM;
+    }
+    io->layers = ls;
+    size_t total = io->numel;
+    for (size_t i = 0; i < n; i++) {
+        const Gcomp__Layer *p = pl[i];
+        gcd_layer *l = &ls[io->n + i];
+        const char *name = p->name ? p->name : "";
+        if (!*name || strlen(name) > GCOMP_MAX_NAME || p->n_shape < 1 ||
+            p->n_shape > GCOMP_MAX_DIMS || p->dtype != GCOMP_FLOAT32) {
+            snprintf(err, errlen,
+                     "bucket '%s' layer %zu '%.64s': needs a name of 1..%d bytes, 1..%d "
+                     "dimensions and dtype float32",
+                     bucket, io->n + i, name, GCOMP_MAX_NAME, GCOMP_MAX_DIMS);
+            return GCOMP_INVALID;
+        }
+        memset(l, 0, sizeof(*l));
+        gw_strlcpy(l->name, name, sizeof(l->name));
+        l->ndim = (int)p->n_shape;
+        l->numel = 1;
+        for (size_t d = 0; d < p->n_shape; d++) {
+            if (p->shape[d] < 1 || (size_t)p->shape[d] > GCD_MAX_NUMEL ||
+                l->numel * (size_t)p->shape[d] > GCD_MAX_NUMEL) {
+                snprintf(err, errlen, "bucket '%s' layer '%s': bad or too large shape", bucket,
+                         name);
+                return GCOMP_LIMIT;
+            }
+            l->shape[d] = p->shape[d];
+            l->numel *= (size_t)p->shape[d];
+        }
+        l->offset = total;
+        total += l->numel;
+        if (total > GCD_MAX_NUMEL) {
+            snprintf(err, errlen, "bucket '%s': more than %zu elements", bucket, GCD_MAX_NUMEL);
+            return GCOMP_LIMIT;
+        }
+    }
+    io->n += n;
+    io->numel = total;
+    return GCOMP_OK;
+}
+
 int gcd_layout_from_proto(const char *bucket, Gcomp__Layer *const *pl, size_t n,
                           gcd_layout *out, char *err, size_t errlen)
 {
@@ -14,49 +66,13 @@ int gcd_layout_from_proto(const char *bucket, Gcomp__Layer *const *pl, size_t n,
                  GCOMP_MAX_LAYERS);
         return GCOMP_INVALID;
     }
-    gcd_layer *ls = calloc(n, sizeof(*ls));
-    if (!ls) {
-        snprintf(err, errlen, "bucket '%s': out of memory", bucket);
-        return GCOMP_NOMEM;
+    gcd_layout l = {0};
+    int rc = gcd_layout_append(bucket, pl, n, GCOMP_MAX_LAYERS, &l, err, errlen);
+    if (rc) {
+        gcd_layout_free(&l);
+        return rc;
     }
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        const Gcomp__Layer *p = pl[i];
-        const char *name = p->name ? p->name : "";
-        if (!*name || strlen(name) > GCOMP_MAX_NAME || p->n_shape < 1 ||
-            p->n_shape > GCOMP_MAX_DIMS || p->dtype != GCOMP_FLOAT32) {
-            snprintf(err, errlen,
-                     "bucket '%s' layer %zu '%.64s': needs a name of 1..%d bytes, 1..%d "
-                     "dimensions and dtype float32",
-                     bucket, i, name, GCOMP_MAX_NAME, GCOMP_MAX_DIMS);
-            free(ls);
-            return GCOMP_INVALID;
-        }
-        gw_strlcpy(ls[i].name, name, sizeof(ls[i].name));
-        ls[i].ndim = (int)p->n_shape;
-        ls[i].numel = 1;
-        for (size_t d = 0; d < p->n_shape; d++) {
-            if (p->shape[d] < 1 || (size_t)p->shape[d] > GCD_MAX_NUMEL ||
-                ls[i].numel * (size_t)p->shape[d] > GCD_MAX_NUMEL) {
-                snprintf(err, errlen, "bucket '%s' layer '%s': bad or too large shape", bucket,
-                         name);
-                free(ls);
-                return GCOMP_LIMIT;
-            }
-            ls[i].shape[d] = p->shape[d];
-            ls[i].numel *= (size_t)p->shape[d];
-        }
-        ls[i].offset = total;
-        total += ls[i].numel;
-        if (total > GCD_MAX_NUMEL) {
-            snprintf(err, errlen, "bucket '%s': more than %zu elements", bucket, GCD_MAX_NUMEL);
-            free(ls);
-            return GCOMP_LIMIT;
-        }
-    }
-    out->n = n;
-    out->layers = ls;
-    out->numel = total;
+    *out = l;
     return GCOMP_OK;
 }
 
@@ -85,8 +101,7 @@ int gcd_layout_to_proto(const gcd_layout *l, Gcomp__Layer **msgs, Gcomp__Layer *
 void gcd_layout_free(gcd_layout *l)
 {
     free(l->layers);
-    l->layers = NULL;
-    l->n = 0;
+    *l = (gcd_layout){0};
 }
 
 static void shape_str(const gcd_layer *l, char *out, size_t len)
@@ -117,6 +132,11 @@ int gcd_layout_diff(const gcd_layout *a, const gcd_layout *b, char *out, size_t 
     }
     if (a->n != b->n) {
         snprintf(out, len, "%zu layers vs %zu", a->n, b->n);
+        return 1;
+    }
+    if (a->flags != b->flags) {
+        snprintf(out, len, "registered %s vs %s", a->flags & GCOMP_BUCKET_EXACT ? "exact" : "not exact",
+                 b->flags & GCOMP_BUCKET_EXACT ? "exact" : "not exact");
         return 1;
     }
     return 0;

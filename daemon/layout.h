@@ -23,6 +23,7 @@ typedef struct gcd_layout {
     size_t n;
     gcd_layer *layers;
     size_t numel;
+    uint32_t flags; /* GCOMP_BUCKET_* */
 } gcd_layout;
 
 /* Largest bucket accepted, in elements (16 GiB of float32). */
@@ -32,12 +33,16 @@ typedef struct gcd_layout {
    Errors name the bucket and the layer. */
 int gcd_layout_from_proto(const char *bucket, Gcomp__Layer *const *pl, size_t n,
                           gcd_layout *out, char *err, size_t errlen);
+/* Append n validated layers to *io (a zeroed layout to start; a registration sent in
+   parts). At most `limit` layers in all. On error *io is unchanged. */
+int gcd_layout_append(const char *bucket, Gcomp__Layer *const *pl, size_t n, size_t limit,
+                      gcd_layout *io, char *err, size_t errlen);
 /* Fill proto layers (pointers into the layout; valid while it lives). Caller frees the
    two arrays. */
 int gcd_layout_to_proto(const gcd_layout *l, Gcomp__Layer **msgs, Gcomp__Layer ***ptrs);
 void gcd_layout_free(gcd_layout *l);
-/* 0 if equal; else 1 and a description of the first difference ("layer 2 'fc.w':
-   shape [10, 20] vs [10, 21]"). */
+/* 0 if equal (layers and flags); else 1 and a description of the first difference
+   ("layer 2 'fc.w': shape [10, 20] vs [10, 21]"). */
 int gcd_layout_diff(const gcd_layout *a, const gcd_layout *b, char *out, size_t len);
 
 #endif

@@ -60,7 +60,7 @@ gcd_event *gcd_queue_take_all(gcd_queue *q)
 gcd_bucket *gcd_bucket_by_name(gcd *d, const char *name)
 {
     for (uint32_t i = 0; i < d->nbuckets; i++)
-        if (strcmp(d->buckets[i]->name, name) == 0)
+        if (d->buckets[i] && !d->buckets[i]->dying && strcmp(d->buckets[i]->name, name) == 0)
             return d->buckets[i];
     return NULL;
 }
@@ -166,16 +166,24 @@ int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
         d->buckets[d->nbuckets++] = b;
     }
     b->registered |= 1ull << slot;
+    b->released &= ~(1ull << slot);
     if (b->lost[0] && b->registered == (b->trainers == 64 ? ~0ull : (1ull << b->trainers) - 1))
         b->lost[0] = '\0'; /* every slot is back */
     *out = b;
     return GCOMP_OK;
 }
 
+void gcd_bucket_free(gcd *d, gcd_bucket *b)
+{
+    d->buckets[b->id] = NULL;
+    bucket_free(b);
+}
+
 void gcd_buckets_free(gcd *d)
 {
     for (uint32_t i = 0; i < d->nbuckets; i++)
-        bucket_free(d->buckets[i]);
+        if (d->buckets[i])
+            bucket_free(d->buckets[i]);
     free(d->buckets);
     d->buckets = NULL;
     d->nbuckets = d->capbuckets = 0;

@@ -27,6 +27,12 @@ typedef struct gcd_session {
     int slot;         /* trainer's local rank once it said hello, else -1 */
     int pid;
     uint64_t id;
+    struct {          /* a registration sent in several packets, until its last part */
+        char name[GCOMP_MAX_NAME + 1];
+        gcd_layout layout;
+        uint32_t total;
+        bool open;
+    } reg;
     struct gcd_session *next;
 } gcd_session;
 
@@ -38,7 +44,48 @@ static void on_closed(uv_handle_t *h)
 {
     gcd_session *s = h->data;
     close(s->fd);
+    gcd_layout_free(&s->reg.layout);
     free(s);
+}
+
+/* Under mu: a bucket every slot released, with no step pending, dies (see slot_leaves). */
+static void maybe_die(gcd *d, gcd_bucket *b)
+{
+    uint64_t all = b->trainers == 64 ? ~0ull : (1ull << b->trainers) - 1;
+    if (b->released == all && b->pending_step < 0 && !b->dying) {
+        b->dying = true;
+        gcd_queue_push(&d->to_engine, GCD_EV_UNREGISTER, b->id, 0, 0, 0, NULL);
+        pthread_cond_signal(&d->cv);
+    }
+}
+
+/*
+ * Slot `slot` leaves bucket b (its trainer disconnected or unregistered it), under mu:
+ * a step pending without it can never complete, so it fails here and, through the
+ * engine's next report, on the other nodes; later steps fail with b->lost until the
+ * slot registers the bucket again. A slot that unregistered (released) is gone for
+ * good: once every slot released the bucket and nothing is pending it dies, the engine
+ * drops its state and the loop frees it. Returns 1 if a step failed.
+ */
+static int slot_leaves(gcd *d, gcd_bucket *b, int slot, bool released, const char *why)
+{
+    int failed = 0;
+    b->registered &= ~(1ull << slot);
+    if (released)
+        b->released |= 1ull << slot;
+    snprintf(b->lost, sizeof(b->lost), "bucket '%s': %s", b->name, why);
+    if (b->pending_step >= 0 && !b->queued) {
+        failed = 1;
+        /* Its trainers that submitted get the error now; the other nodes through the
+           engine's next report. */
+        gcd_queue_push(&d->to_loop, GCD_EV_COMPLETE, b->id, b->pending_step, GCOMP_PEER_LOST, 0,
+                       b->lost);
+        gcd_queue_push(&d->to_engine, GCD_EV_FAIL, b->id, b->pending_step, GCOMP_PEER_LOST, 0,
+                       b->lost);
+    }
+    maybe_die(d, b);
+    pthread_cond_signal(&d->cv);
+    return failed;
 }
 
 /* Steps this trainer was part of fail; its buckets wait for a new trainer in its slot. */
@@ -52,19 +99,8 @@ static void trainer_lost(gcd *d, gcd_session *s)
     pthread_mutex_lock(&d->mu);
     for (uint32_t i = 0; i < d->nbuckets; i++) {
         gcd_bucket *b = d->buckets[i];
-        if (!(b->registered & bit))
-            continue;
-        b->registered &= ~bit;
-        snprintf(b->lost, sizeof(b->lost), "bucket '%s': %s", b->name, why);
-        if (b->pending_step >= 0 && !b->queued) {
-            failed++;
-            /* Its trainers that submitted get the error now; the other nodes through the
-               engine's next report. */
-            gcd_queue_push(&d->to_loop, GCD_EV_COMPLETE, b->id, b->pending_step, GCOMP_PEER_LOST,
-                           0, b->lost);
-            gcd_queue_push(&d->to_engine, GCD_EV_FAIL, b->id, b->pending_step, GCOMP_PEER_LOST,
-                           0, b->lost);
-        }
+        if (b && !b->dying && (b->registered & bit))
+            failed += slot_leaves(d, b, s->slot, false, why);
     }
     d->slots[s->slot] = NULL;
     d->connected--;
@@ -170,29 +206,13 @@ static void on_hello(gcd_session *s, const Gcomp__Hello *h)
         session_close(s);
 }
 
-static void on_register(gcd_session *s, const Gcomp__Register *r)
+static void send_registered(gcd_session *s, int status, const char *err, const gcd_bucket *b)
 {
-    gcd *d = s->d;
     Gcomp__Registered reply = GCOMP__REGISTERED__INIT;
-    char err[1024] = "";
-    gcd_layout layout = {0};
-    gcd_bucket *b = NULL;
-    const char *name = r->bucket ? r->bucket : "";
-    if (!*name || strlen(name) > GCOMP_MAX_NAME) {
-        reply.status = GCOMP_INVALID;
-        snprintf(err, sizeof(err), "bucket name missing or longer than %d bytes", GCOMP_MAX_NAME);
-    } else {
-        reply.status = gcd_layout_from_proto(name, r->layers, r->n_layers, &layout, err, sizeof(err));
-    }
-    if (!reply.status) {
-        pthread_mutex_lock(&d->mu);
-        reply.status = gcd_bucket_register(d, name, &layout, s->slot, &b, err, sizeof(err));
-        pthread_mutex_unlock(&d->mu);
-        gcd_layout_free(&layout);
-    }
-    int fds[2];
-    int nfds = 0;
-    if (!reply.status) {
+    int fds[2], nfds = 0;
+    reply.status = status;
+    reply.error = (char *)err;
+    if (!status) {
         reply.bucket_id = b->id;
         reply.numel = b->layout.numel;
         fds[0] = b->in_fd[s->slot];
@@ -201,11 +221,96 @@ static void on_register(gcd_session *s, const Gcomp__Register *r)
     } else {
         gcd_log_warn("registration refused: %s", err);
     }
-    reply.error = err;
     Gcomp__DaemonMsg m = GCOMP__DAEMON_MSG__INIT;
     m.msg_case = GCOMP__DAEMON_MSG__MSG_REGISTERED;
     m.registered = &reply;
     send_daemon_msg(s, &m, fds, nfds);
+}
+
+/* A Register packet: the whole bucket, or one part of it (see proto/gcomp.proto). The
+   bucket is registered, and answered, after its last part. */
+static void on_register(gcd_session *s, const Gcomp__Register *r)
+{
+    gcd *d = s->d;
+    char err[1024] = "";
+    const char *name = r->bucket ? r->bucket : "";
+    int status = GCOMP_OK;
+    if (!s->reg.open) {
+        uint32_t total = r->total_layers ? r->total_layers : (uint32_t)r->n_layers;
+        if (!*name || strlen(name) > GCOMP_MAX_NAME) {
+            status = GCOMP_INVALID;
+            snprintf(err, sizeof(err), "bucket name missing or longer than %d bytes", GCOMP_MAX_NAME);
+        } else if (r->flags & ~(uint32_t)GCOMP_BUCKET_EXACT) {
+            status = GCOMP_INVALID;
+            snprintf(err, sizeof(err), "bucket '%s': unknown flags 0x%x", name, r->flags);
+        } else if (total < 1 || total > GCOMP_MAX_LAYERS) {
+            status = GCOMP_INVALID;
+            snprintf(err, sizeof(err), "bucket '%s': %u layers, must be 1..%d", name, total,
+                     GCOMP_MAX_LAYERS);
+        } else {
+            gw_strlcpy(s->reg.name, name, sizeof(s->reg.name));
+            s->reg.total = total;
+            s->reg.layout = (gcd_layout){.flags = r->flags};
+            s->reg.open = true;
+        }
+    } else if (strcmp(name, s->reg.name) != 0) {
+        status = GCOMP_PROTOCOL;
+        snprintf(err, sizeof(err), "bucket '%.200s': a part of it arrived while bucket '%.200s' "
+                 "was being registered", name, s->reg.name);
+    }
+    if (!status)
+        status = gcd_layout_append(s->reg.name, r->layers, r->n_layers, s->reg.total,
+                                   &s->reg.layout, err, sizeof(err));
+    if (!status && r->more)
+        return; /* more parts follow */
+    if (!status && s->reg.layout.n != s->reg.total) {
+        status = GCOMP_PROTOCOL;
+        snprintf(err, sizeof(err), "bucket '%s': the registration ended after %zu of %u layers",
+                 s->reg.name, s->reg.layout.n, s->reg.total);
+    }
+    gcd_bucket *b = NULL;
+    if (!status) {
+        pthread_mutex_lock(&d->mu);
+        status = gcd_bucket_register(d, s->reg.name, &s->reg.layout, s->slot, &b, err, sizeof(err));
+        pthread_mutex_unlock(&d->mu);
+    }
+    gcd_layout_free(&s->reg.layout);
+    s->reg.open = false;
+    send_registered(s, status, err, b);
+}
+
+/* The trainer is done with a bucket; the client refuses while its step is in flight,
+   so a submitted step here is a protocol error answered with GCOMP_BUSY. */
+static void on_unregister(gcd_session *s, const Gcomp__Unregister *u)
+{
+    gcd *d = s->d;
+    uint64_t bit = 1ull << s->slot;
+    Gcomp__Unregistered reply = GCOMP__UNREGISTERED__INIT;
+    char err[700] = "";
+    reply.bucket_id = u->bucket_id;
+    pthread_mutex_lock(&d->mu);
+    gcd_bucket *b = gcd_bucket_by_id(d, u->bucket_id);
+    if (!b || b->dying || !(b->registered & bit)) {
+        reply.status = GCOMP_NOT_FOUND;
+        snprintf(err, sizeof(err), "bucket id %u is not registered by local rank %d",
+                 u->bucket_id, s->slot);
+    } else if (b->submitted & bit) {
+        reply.status = GCOMP_BUSY;
+        snprintf(err, sizeof(err), "bucket '%s': local rank %d submitted step %lld and has not "
+                 "waited for it", b->name, s->slot, (long long)b->pending_step);
+    } else {
+        char why[256];
+        snprintf(why, sizeof(why), "local rank %d on node %d unregistered it", s->slot, d->node);
+        slot_leaves(d, b, s->slot, true, why);
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (reply.status)
+        gcd_log_warn("unregister refused: %s", err);
+    reply.error = err;
+    Gcomp__DaemonMsg m = GCOMP__DAEMON_MSG__INIT;
+    m.msg_case = GCOMP__DAEMON_MSG__MSG_UNREGISTERED;
+    m.unregistered = &reply;
+    send_daemon_msg(s, &m, NULL, 0);
 }
 
 static void on_submit(gcd_session *s, const Gcomp__Submit *sub)
@@ -216,7 +321,7 @@ static void on_submit(gcd_session *s, const Gcomp__Submit *sub)
     char err[700] = "";
     pthread_mutex_lock(&d->mu);
     gcd_bucket *b = gcd_bucket_by_id(d, sub->bucket_id);
-    if (!b || !(b->registered & bit)) {
+    if (!b || b->dying || !(b->registered & bit)) {
         status = GCOMP_NOT_FOUND;
         snprintf(err, sizeof(err), "bucket id %u is not registered by local rank %d",
                  sub->bucket_id, s->slot);
@@ -304,6 +409,9 @@ static void on_trainer_msg(gcd_session *s, const uint8_t *buf, size_t len)
             break;
         case GCOMP__TRAINER_MSG__MSG_HINT:
             on_hint(s, m->hint);
+            break;
+        case GCOMP__TRAINER_MSG__MSG_UNREGISTER:
+            on_unregister(s, m->unregister);
             break;
         default:
             gcd_log_warn("empty message from local rank %d: closing its session", s->slot);
@@ -434,6 +542,7 @@ static void on_wake(uv_async_t *h)
                 b->submitted = 0;
                 b->queued = false;
                 b->last_step = ev->step;
+                maybe_die(d, b);
             } else if (b && ev->status && ev->step > b->last_step) {
                 b->failed_step = ev->step;
                 b->failed_status = ev->status;
@@ -446,6 +555,12 @@ static void on_wake(uv_async_t *h)
                     if (d->slots[t])
                         send_complete(d->slots[t], ev->bucket, ev->step, ev->status, ev->text);
                 }
+        } else if (ev->kind == GCD_EV_FREED) {
+            pthread_mutex_lock(&d->mu);
+            gcd_bucket *b = gcd_bucket_by_id(d, ev->bucket);
+            if (b && b->dying)
+                gcd_bucket_free(d, b);
+            pthread_mutex_unlock(&d->mu);
         } else if (ev->kind == GCD_EV_CTL_REPLY) {
             for (gcd_session *s = d->sessions; s; s = s->next)
                 if (s->ctl && s->id == ev->ctl_id) {

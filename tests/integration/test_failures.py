@@ -42,7 +42,7 @@ def field_bytes(num, data):
     return varint((num << 3) | 2) + varint(len(data)) + data
 
 
-def hello(job_id, local_rank=0, version=1):
+def hello(job_id, local_rank=0, version=2):  # GCOMP_PROTOCOL_VERSION
     body = field_varint(1, version) + field_bytes(2, job_id) + field_varint(3, local_rank) \
         + field_varint(4, os.getpid())
     return field_bytes(1, body)  # TrainerMsg.hello

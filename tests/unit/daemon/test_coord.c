@@ -223,6 +223,53 @@ static void test_policy_switch_applies_after_highest_step(void **st)
     gcd_coord_free(c);
 }
 
+/* A node whose trainers all unregistered a bucket: a step another node reports fails
+   (it could never run), and the name may come back with another layout. */
+static void test_unregistered_bucket_fails_and_is_forgotten(void **st)
+{
+    (void)st;
+    gcd_coord *c = gcd_coord_new(2);
+    fake_node n[2];
+    Gcomp__Decision dec;
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    node_ready(&n[0], "b", 0, 4, 4);
+    node_ready(&n[1], "b", 0, 4, 4);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 1);
+    assert_int_equal(dec.run[0]->status, 0);
+    gcd_coord_decision_clear(&dec);
+
+    char *gone[] = {"b"};
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[0].r.unregistered = gone;
+    n[0].r.n_unregistered = 1;
+    node_ready(&n[1], "b", 1, 0, 0);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 1);
+    assert_int_equal(dec.run[0]->status, GCOMP_PEER_LOST);
+    assert_non_null(strstr(dec.run[0]->error, "unregistered on node 0"));
+    gcd_coord_decision_clear(&dec);
+
+    /* Node 1 lets go too: both come back with another shape. */
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[1].r.unregistered = gone;
+    n[1].r.n_unregistered = 1;
+    run(c, n, 2, &dec);
+    gcd_coord_decision_clear(&dec);
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    node_ready(&n[0], "b", 2, 8, 2);
+    node_ready(&n[1], "b", 2, 8, 2);
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.n_run, 1);
+    assert_int_equal(dec.run[0]->status, 0);
+    gcd_coord_decision_clear(&dec);
+    gcd_coord_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -231,6 +278,7 @@ int main(void)
         cmocka_unit_test(test_step_mismatch_fails_both),
         cmocka_unit_test(test_lost_trainer_fails_pending_step_everywhere),
         cmocka_unit_test(test_policy_switch_applies_after_highest_step),
+        cmocka_unit_test(test_unregistered_bucket_fails_and_is_forgotten),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
