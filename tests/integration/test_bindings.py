@@ -376,3 +376,76 @@ def test_wait_any_daemon_killed(build, start_daemons):
         with pytest.raises(gcomp.Error) as info:
             b.submit(1)
         assert info.value.code == gcomp.Status.DAEMON_LOST
+
+
+def test_unregister_and_register_other_layers(build, start_daemons):
+    d = start_daemons([1, 1])
+    clients = _clients(d)
+    try:
+        def train(rank, c):
+            b = c.register("b0", LAYERS)
+            first = b.allreduce(np.full(NUMEL, rank + 1.0))
+            b.submit(1)
+            with pytest.raises(gcomp.Error) as busy:
+                b.unregister()  # in flight: refused, the bucket stays usable
+            assert busy.value.code == gcomp.Status.BUSY
+            b.wait(20000)
+            b.unregister()
+            with pytest.raises(gcomp.Error) as gone:
+                b.data
+            assert gone.value.code == gcomp.Status.INVALID and "unregistered" in gone.value.message
+            with pytest.raises(gcomp.Error):
+                b.unregister()
+            # The name again, with other layers (and exact this time).
+            b2 = c.register("b0", [("w", (3, 3))], exact=True)
+            return first, b2.allreduce(np.full(9, rank * 10.0), step=7), b2.step
+
+        results = _each(clients, train)
+    finally:
+        for c in clients:
+            c.close()
+    for first, second, step in results:
+        np.testing.assert_array_equal(first, 1.5)
+        np.testing.assert_array_equal(second, 5.0)
+        assert step == 7
+
+
+def test_exact_bucket_ignores_the_codec(build, start_daemons):
+    d = start_daemons([1, 1], codec="topk:density=0.01")
+    clients = _clients(d)
+    rng = np.random.default_rng(3)
+    values = [rng.standard_normal(64 * 64).astype(np.float32) for _ in clients]
+    try:
+        def train(rank, c):
+            exact = c.register("exact", [("w", (64, 64))], exact=True)
+            lossy = c.register("lossy", [("w", (64, 64))])
+            assert exact.exact and not lossy.exact
+            return exact.allreduce(values[rank]), lossy.allreduce(values[rank])
+
+        results = _each(clients, train)
+    finally:
+        for c in clients:
+            c.close()
+    mean = (values[0] + values[1]) * np.float32(0.5)
+    for exact, lossy in results:
+        np.testing.assert_array_equal(exact, mean)  # 1/2 is exact: bit for bit
+        assert np.count_nonzero(lossy) < 0.1 * lossy.size  # Top-K 1% keeps few elements
+
+
+def test_registration_in_parts_across_nodes(build, start_daemons):
+    # 4096 layers with 100-byte names are ~4 packets; both nodes compare the layouts.
+    d = start_daemons([1, 1])
+    clients = _clients(d)
+    specs = [(f"layer{i:04d}." + "n" * 85 + ".weight", (2, i % 3 + 1)) for i in range(gcomp.MAX_LAYERS)]
+    assert min(len(n) for n, _ in specs) >= 100
+    numel = sum(a * b for _, (a, b) in specs)
+    try:
+        results = _each(clients, lambda rank, c: c.register("big", specs).allreduce(
+            np.arange(numel, dtype=np.float32) * (rank + 1)))
+        with pytest.raises(ValueError):
+            clients[0].register("toomany", specs + [("one", (1,))])
+    finally:
+        for c in clients:
+            c.close()
+    for r in results:
+        np.testing.assert_allclose(r, np.arange(numel) * 1.5, rtol=1e-6)
