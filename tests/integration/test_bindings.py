@@ -449,3 +449,27 @@ def test_registration_in_parts_across_nodes(build, start_daemons):
             c.close()
     for r in results:
         np.testing.assert_allclose(r, np.arange(numel) * 1.5, rtol=1e-6)
+
+
+def test_close_while_another_thread_waits(build, start_daemons):
+    d = start_daemons([2])  # local rank 1 never comes: the step stays in flight
+    c = gcomp.Client(socket=d.sock(0), job_id=d.job_id, local_rank=0)
+    b = c.register("b0", [("w", (4,))])
+    b.submit(0)
+    result = {}
+
+    def waiter():
+        try:
+            c.wait_any(30000)
+        except gcomp.Error as exc:
+            result["error"] = exc
+
+    w = threading.Thread(target=waiter)
+    w.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    c.close()  # waits for the waiter to leave the library, which then fails
+    assert time.monotonic() - t0 < 3
+    w.join(10)
+    assert not w.is_alive()
+    assert result["error"].code == gcomp.Status.INVALID and "closed" in result["error"].message

@@ -21,8 +21,10 @@ The numpy views returned by ``Bucket.data`` and ``Bucket.result`` point into mem
 is unmapped by ``Client.close()`` and ``Bucket.unregister()``: do not use them after.
 """
 
+import contextlib
 import ctypes
 import math
+import threading
 import time
 
 import numpy as np
@@ -110,6 +112,9 @@ class Client:
         self._handle = None  # first, so that close() works on a failed construction
         self._buckets = {}  # name -> Bucket
         self._by_handle = {}  # the library's bucket pointer -> Bucket
+        self._cv = threading.Condition()  # guards _calls and _closing
+        self._calls = 0  # threads inside a library call on this client
+        self._closing = False
         lib = _lib.load()
         self._lib = lib
         opts = _lib.Options()
@@ -149,9 +154,17 @@ class Client:
         return self._handle is None
 
     def close(self):
-        """Disconnect and unmap every bucket. Calling it again does nothing."""
-        if self._handle is None:
-            return
+        """Disconnect and unmap every bucket. Calling it again does nothing.
+
+        Waits until no other thread is inside a library call on this client (a wait
+        returns within its current slice, half a second, with GCOMP_INVALID).
+        """
+        with self._cv:
+            if self._handle is None or self._closing:
+                return
+            self._closing = True
+            while self._calls:
+                self._cv.wait()
         for bucket in self._buckets.values():
             bucket._handle = None
         self._buckets.clear()
@@ -159,9 +172,20 @@ class Client:
         self._lib.gcomp_disconnect(self._handle)
         self._handle = None
 
-    def _check_open(self):
-        if self._handle is None:
-            raise Error(Status.INVALID, "the client is closed")
+    @contextlib.contextmanager
+    def _use(self):
+        """Hold the client open for one library call (close() waits for it); yields the handle."""
+        with self._cv:
+            if self._handle is None or self._closing:
+                raise Error(Status.INVALID, "the client is closed")
+            self._calls += 1
+        try:
+            yield self._handle
+        finally:
+            with self._cv:
+                self._calls -= 1
+                if not self._calls:
+                    self._cv.notify_all()
 
     def _error(self, rc, what, bucket=None):
         """An Error for status rc with the library's detailed message (this thread's)."""
@@ -170,8 +194,8 @@ class Client:
 
     def last_error(self):
         """The detailed text of the client's last failure ("" if none)."""
-        self._check_open()
-        return (self._lib.gcomp_last_error(self._handle) or b"").decode(errors="replace")
+        with self._use() as h:
+            return (self._lib.gcomp_last_error(h) or b"").decode(errors="replace")
 
     def register(self, name, layers, exact=False):
         """Register a bucket and return its :class:`Bucket`.
@@ -183,7 +207,6 @@ class Client:
         GCOMP_INVALID. ``exact=True``: the bucket is always reduced dense and exactly,
         whatever the policy (parameter broadcasts, metrics).
         """
-        self._check_open()
         layers = list(layers)
         if not layers:
             raise ValueError(f"bucket {name!r}: no layers")
@@ -210,13 +233,14 @@ class Client:
             specs.append((lname, shape))
         handle = ctypes.c_void_p()
         flags = _lib.BUCKET_EXACT if exact else 0
-        rc = self._lib.gcomp_bucket_register_flags(self._handle, _encode(name, "bucket name"),
-                                                   arr, len(layers), flags, ctypes.byref(handle))
-        if rc != 0:
-            raise self._error(rc, f"registering bucket {name!r}")
-        bucket = Bucket(self, handle, name, specs, bool(exact))
-        self._buckets[name] = bucket
-        self._by_handle[handle.value] = bucket
+        with self._use() as h:
+            rc = self._lib.gcomp_bucket_register_flags(h, _encode(name, "bucket name"), arr,
+                                                       len(layers), flags, ctypes.byref(handle))
+            if rc != 0:
+                raise self._error(rc, f"registering bucket {name!r}")
+            bucket = Bucket(self, handle, name, specs, bool(exact))
+            self._buckets[name] = bucket
+            self._by_handle[handle.value] = bucket
         return bucket
 
     def _forget(self, bucket):
@@ -233,23 +257,21 @@ class Client:
         when nothing ended in time, Error GCOMP_NOT_FOUND when no bucket is in flight.
         Safe to call while other threads submit.
         """
-        self._check_open()
         done = ctypes.c_void_p()
         for chunk in _slices(timeout_ms):
-            rc = self._lib.gcomp_wait_any(self._handle, chunk, ctypes.byref(done))
-            if rc != Status.TIMEOUT:
-                break
-        else:
-            raise Error(Status.TIMEOUT, f"no step completed in {timeout_ms} ms",
-                        "waiting for any bucket")
-        if not done.value:  # nothing in flight, or a call error
-            raise self._error(rc, "waiting for any bucket")
-        bucket = self._by_handle.get(done.value)
-        if bucket is None:
-            raise Error(Status.INTERNAL, f"the library returned an unknown bucket {done.value:#x}")
-        if rc != 0:
-            raise self._error(rc, f"waiting for bucket {bucket.name!r}", bucket)
-        return bucket
+            with self._use() as h:
+                rc = self._lib.gcomp_wait_any(h, chunk, ctypes.byref(done))
+                if rc == Status.TIMEOUT:
+                    continue
+                if not done.value:  # nothing in flight, or a call error
+                    raise self._error(rc, "waiting for any bucket")
+                bucket = self._by_handle.get(done.value)
+                if bucket is None:
+                    raise Error(Status.INTERNAL, f"the library returned an unknown bucket {done.value:#x}")
+                if rc != 0:
+                    raise self._error(rc, f"waiting for bucket {bucket.name!r}", bucket)
+                return bucket
+        raise Error(Status.TIMEOUT, f"no step completed in {timeout_ms} ms", "waiting for any bucket")
 
     def hint(self, step, lr=None, samples=None, epoch_end=False):
         """Send hints for ``step`` to the daemon's policy (no reply is awaited).
@@ -258,31 +280,31 @@ class Client:
         processed at this step; ``epoch_end``: this step ends an epoch. Only the given
         fields are sent.
         """
-        self._check_open()
-        h = _lib.Hints(step=int(step))
+        hints = _lib.Hints(step=int(step))
         if lr is not None:
-            h.fields |= _lib.HINT_LR
-            h.lr = float(lr)
+            hints.fields |= _lib.HINT_LR
+            hints.lr = float(lr)
         if samples is not None:
-            h.fields |= _lib.HINT_SAMPLES
-            h.samples = int(samples)
+            hints.fields |= _lib.HINT_SAMPLES
+            hints.samples = int(samples)
         if epoch_end:
-            h.fields |= _lib.HINT_EPOCH_END
-            h.epoch_end = 1
-        rc = self._lib.gcomp_hint(self._handle, ctypes.byref(h))
-        if rc != 0:
-            raise self._error(rc, f"sending hints for step {step}")
+            hints.fields |= _lib.HINT_EPOCH_END
+            hints.epoch_end = 1
+        with self._use() as h:
+            rc = self._lib.gcomp_hint(h, ctypes.byref(hints))
+            if rc != 0:
+                raise self._error(rc, f"sending hints for step {step}")
 
     def advice(self):
         """The policy's latest batch-size advice as a dict (batch_size, lr_scale, step),
         or None when the policy gives none. It arrives with every completed step."""
-        self._check_open()
         a = _lib.Advice()
-        rc = self._lib.gcomp_advice_get(self._handle, ctypes.byref(a))
-        if rc == Status.NOT_FOUND:
-            return None
-        if rc != 0:
-            raise self._error(rc, "reading the batch-size advice")
+        with self._use() as h:
+            rc = self._lib.gcomp_advice_get(h, ctypes.byref(a))
+            if rc == Status.NOT_FOUND:
+                return None
+            if rc != 0:
+                raise self._error(rc, "reading the batch-size advice")
         return {"batch_size": a.batch_size, "lr_scale": a.lr_scale, "step": a.step}
 
 
@@ -323,6 +345,13 @@ class Bucket:
             raise Error(Status.INVALID, f"bucket {self.name!r}: the client is closed or the "
                                         "bucket unregistered")
 
+    @contextlib.contextmanager
+    def _use(self):
+        """The client held open for one library call on this bucket; yields the handle."""
+        with self._client._use():
+            self._check_open()
+            yield self._handle
+
     @property
     def data(self):
         """The input region as a writable float32 array (zero copy)."""
@@ -346,13 +375,13 @@ class Bucket:
         Steps of a bucket must increase. Raises Error GCOMP_BUSY when the previous step
         was not waited for.
         """
-        self._check_open()
-        # Set first: another thread may see the step end (wait_any) before the call returns.
-        previous, self._step = self._step, int(step)
-        rc = self._client._lib.gcomp_submit(self._handle, self._step)
-        if rc != 0:
-            self._step = previous
-            raise self._client._error(rc, f"submitting bucket {self.name!r} step {step}")
+        with self._use() as h:
+            # Set first: another thread may see the step end (wait_any) before the call returns.
+            previous, self._step = self._step, int(step)
+            rc = self._client._lib.gcomp_submit(h, self._step)
+            if rc != 0:
+                self._step = previous
+                raise self._client._error(rc, f"submitting bucket {self.name!r} step {step}")
 
     def wait(self, timeout_ms=-1):
         """Wait until the submitted step completes; ``timeout_ms < 0`` waits forever.
@@ -361,17 +390,16 @@ class Bucket:
         is not done in time (it stays in flight: wait again), or another Error when the
         step failed (then the bucket may be submitted again).
         """
-        self._check_open()
         for chunk in _slices(timeout_ms):
-            rc = self._client._lib.gcomp_wait(self._handle, chunk)
-            if rc != Status.TIMEOUT:
-                break
-        else:
-            # The library's text would name the last slice's timeout, not ours.
-            raise Error(Status.TIMEOUT, f"bucket {self.name!r} step {self._step}: not complete "
-                                        f"after {timeout_ms} ms", f"waiting for bucket {self.name!r}")
-        if rc != 0:
-            raise self._client._error(rc, f"waiting for bucket {self.name!r}")
+            with self._use() as h:
+                rc = self._client._lib.gcomp_wait(h, chunk)
+                if rc == 0:
+                    return
+                if rc != Status.TIMEOUT:
+                    raise self._client._error(rc, f"waiting for bucket {self.name!r}")
+        # The library's text would name the last slice's timeout, not ours.
+        raise Error(Status.TIMEOUT, f"bucket {self.name!r} step {self._step}: not complete "
+                                    f"after {timeout_ms} ms", f"waiting for bucket {self.name!r}")
 
     @property
     def step(self):
@@ -428,9 +456,9 @@ class Bucket:
         and the name may be registered again (with other layers too). The bucket (and its
         ``data``/``result`` views) must not be used afterwards. Raises Error GCOMP_BUSY
         when a submitted step was not waited for (the bucket stays usable)."""
-        self._check_open()
-        rc = self._client._lib.gcomp_bucket_unregister(self._handle)
-        if rc != 0:
-            raise self._client._error(rc, f"unregistering bucket {self.name!r}")
-        self._client._forget(self)
-        self._handle = None
+        with self._use() as h:
+            rc = self._client._lib.gcomp_bucket_unregister(h)
+            if rc != 0:
+                raise self._client._error(rc, f"unregistering bucket {self.name!r}")
+            self._client._forget(self)
+            self._handle = None
