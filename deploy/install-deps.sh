@@ -1,10 +1,15 @@
 #!/bin/sh
 # Install gcomp's build and test dependencies on Debian 12 (apt). Installs only what is
 # missing; needs root (or sudo). CUDA and NCCL are optional and not installed here.
+# PyTorch, matplotlib and Fashion-MNIST (/usr/share/datasets/fashion-mnist) are for
+# gcomp.torch's tests and the experiment; venv, pip, setuptools and wheel for the test
+# that pip-installs the Python package.
 set -eu
 PKGS="gcc pkg-config meson ninja-build openmpi-bin libopenmpi-dev libucx-dev ucx-utils
 libprotobuf-c-dev protobuf-c-compiler libuv1-dev libcmocka-dev libopenblas-dev liblapacke-dev
-python3 python3-numpy python3-pytest procps iproute2 util-linux"
+python3 python3-numpy python3-pytest procps iproute2 util-linux
+python3-torch python3-matplotlib python3-venv python3-pip python3-setuptools python3-wheel
+dataset-fashion-mnist"
 missing=""
 for p in $PKGS; do
     if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != installed ]; then
