@@ -3,6 +3,8 @@
 #   deploy/dev.sh demo [STEPS]   2 emulated nodes x 2 trainers reducing ResNet-18 buckets
 #   deploy/dev.sh test           every test (unit, integration), with a summary line
 #   deploy/dev.sh bench [ARGS]   the reduction benchmark (tests/bench/bench_reduce.py)
+#   deploy/dev.sh experiment [ARGS]  Fashion-MNIST convergence of every codec and policy on
+#                                4 emulated nodes; writes docs/CONVERGENCE.md (examples/convergence.py)
 # The build directory is ./build (GCOMP_BUILD overrides). With CI set, warnings are errors.
 set -eu
 cd "$(dirname "$0")/.."
@@ -36,8 +38,11 @@ PY
 bench)
     exec /usr/bin/python3 tests/bench/bench_reduce.py --build "$BUILD" "$@"
     ;;
+experiment)
+    exec /usr/bin/python3 examples/convergence.py --build "$BUILD" "$@"
+    ;;
 *)
-    echo "usage: deploy/dev.sh demo [STEPS] | test [MESON TEST ARGS] | bench [ARGS]" >&2
+    echo "usage: deploy/dev.sh demo [STEPS] | test [MESON TEST ARGS] | bench [ARGS] | experiment [ARGS]" >&2
     exit 2
     ;;
 esac

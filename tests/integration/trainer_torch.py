@@ -13,6 +13,10 @@ on the whole batch (reference() below). Writes --out/rank{R}.pt.
 import argparse
 import os
 
+# One BLAS thread per trainer: Debian's OpenBLAS otherwise starts one per core in every
+# trainer, spinning (sched_yield) between calls. Must come before numpy and torch load it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import torch
 
 import gcomp.torch
