@@ -160,14 +160,12 @@ def test_wait_timeout_keeps_the_step_in_flight(build, start_daemons):
 
 # ---- protocol 2: allreduce, wait_any, threads, unregister, exact and split buckets ----
 
-def _clients(d):
-    """One Client per trainer of the job (node-major), as the launcher numbers them."""
-    return [gcomp.Client(socket=d.sock(node), job_id=d.job_id, local_rank=lr)
-            for node, t in enumerate(d.trainers) for lr in range(t)]
-
-
-def _each(clients, fn, timeout=60):
-    """Run fn(rank, client) in one thread per client; return the results in rank order."""
+def _job(d, fn, timeout=60):
+    """Run fn(rank, client) for every trainer of the job (node-major ranks, as the
+    launcher numbers them), each in its own thread with its own Client; return the
+    results in rank order. The clients are closed afterwards."""
+    clients = [gcomp.Client(socket=d.sock(node), job_id=d.job_id, local_rank=lr)
+               for node, t in enumerate(d.trainers) for lr in range(t)]
     results, errors = [None] * len(clients), []
 
     def run(rank):
@@ -177,11 +175,15 @@ def _each(clients, fn, timeout=60):
             errors.append((rank, exc))
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(len(clients))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), "a trainer thread hangs"
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in threads), "a trainer thread hangs"
+    finally:
+        for c in clients:
+            c.close()
     if errors:
         raise AssertionError(f"trainer {errors[0][0]} failed: {errors[0][1]!r}") from errors[0][1]
     return results
@@ -192,23 +194,17 @@ NUMEL = 24 + 4 + 30
 
 
 def test_allreduce_flat_and_per_layer(build, start_daemons):
-    d = start_daemons([2, 2])
-    clients = _clients(d)
-    try:
-        def train(rank, c):
-            b = c.register("b0", LAYERS)
-            out = []
-            for step in range(3):
-                flat = np.arange(NUMEL, dtype=np.float64) * (rank + 1) + step
-                out.append(b.allreduce(flat))  # float64 in, float32 out
-            per_layer = [np.full(shape, rank * 2.0) for _, shape in LAYERS]
-            out.append(b.allreduce(per_layer))
-            return b.step, out
+    def train(rank, c):
+        b = c.register("b0", LAYERS)
+        out = []
+        for step in range(3):
+            flat = np.arange(NUMEL, dtype=np.float64) * (rank + 1) + step
+            out.append(b.allreduce(flat))  # float64 in, float32 out
+        per_layer = [np.full(shape, rank * 2.0) for _, shape in LAYERS]
+        out.append(b.allreduce(per_layer))
+        return b.step, out
 
-        results = _each(clients, train)
-    finally:
-        for c in clients:
-            c.close()
+    results = _job(start_daemons([2, 2]), train)
     mean_scale = np.mean([r + 1 for r in range(4)])
     for last_step, out in results:
         assert last_step == 3  # steps counted up from 0
@@ -292,8 +288,6 @@ def test_wait_any_timeout_and_step_error(build, start_daemons):
 def test_threads_submit_while_another_waits(build, start_daemons):
     # Per trainer: a waiter thread sits in wait_any while the trainer's main thread
     # submits buckets and registers new ones; two trainers on each of two nodes.
-    d = start_daemons([2, 2])
-    clients = _clients(d)
     steps, nb = 20, 4
 
     def train(rank, c):
@@ -336,11 +330,7 @@ def test_threads_submit_while_another_waits(build, start_daemons):
         assert not w.is_alive() and not errors, errors
         return got
 
-    try:
-        results = _each(clients, train, timeout=120)
-    finally:
-        for c in clients:
-            c.close()
+    results = _job(start_daemons([2, 2]), train, timeout=120)
     for got in results:
         assert len(got) == steps * nb
         assert sorted((n, s) for n, s, _ in got) == sorted((f"b{k}", s) for k in range(nb)
@@ -349,110 +339,9 @@ def test_threads_submit_while_another_waits(build, start_daemons):
             assert value == pytest.approx(1.5 + step)  # mean of ranks 0..3, plus step
 
 
-def test_wait_any_daemon_killed(build, start_daemons):
-    d = start_daemons([2])
-    with gcomp.Client(socket=d.sock(0), job_id=d.job_id, local_rank=0) as c:
-        b = c.register("b0", [("w", (4,))])
-        b.submit(0)  # cannot complete: local rank 1 never submits
-        result = {}
-
-        def waiter():
-            try:
-                c.wait_any(30000)
-            except gcomp.Error as exc:
-                result["error"] = exc
-
-        w = threading.Thread(target=waiter)
-        w.start()
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        for pid in d.daemon_pids().values():
-            os.kill(pid, signal.SIGKILL)
-        w.join(20)
-        assert not w.is_alive(), "wait_any hangs after the daemon died"
-        assert time.monotonic() - t0 < 10
-        err = result["error"]
-        assert err.code == gcomp.Status.DAEMON_LOST and err.bucket is b, err
-        with pytest.raises(gcomp.Error) as info:
-            b.submit(1)
-        assert info.value.code == gcomp.Status.DAEMON_LOST
-
-
-def test_unregister_and_register_other_layers(build, start_daemons):
-    d = start_daemons([1, 1])
-    clients = _clients(d)
-    try:
-        def train(rank, c):
-            b = c.register("b0", LAYERS)
-            first = b.allreduce(np.full(NUMEL, rank + 1.0))
-            b.submit(1)
-            with pytest.raises(gcomp.Error) as busy:
-                b.unregister()  # in flight: refused, the bucket stays usable
-            assert busy.value.code == gcomp.Status.BUSY
-            b.wait(20000)
-            b.unregister()
-            with pytest.raises(gcomp.Error) as gone:
-                b.data
-            assert gone.value.code == gcomp.Status.INVALID and "unregistered" in gone.value.message
-            with pytest.raises(gcomp.Error):
-                b.unregister()
-            # The name again, with other layers (and exact this time).
-            b2 = c.register("b0", [("w", (3, 3))], exact=True)
-            return first, b2.allreduce(np.full(9, rank * 10.0), step=7), b2.step
-
-        results = _each(clients, train)
-    finally:
-        for c in clients:
-            c.close()
-    for first, second, step in results:
-        np.testing.assert_array_equal(first, 1.5)
-        np.testing.assert_array_equal(second, 5.0)
-        assert step == 7
-
-
-def test_exact_bucket_ignores_the_codec(build, start_daemons):
-    d = start_daemons([1, 1], codec="topk:density=0.01")
-    clients = _clients(d)
-    rng = np.random.default_rng(3)
-    values = [rng.standard_normal(64 * 64).astype(np.float32) for _ in clients]
-    try:
-        def train(rank, c):
-            exact = c.register("exact", [("w", (64, 64))], exact=True)
-            lossy = c.register("lossy", [("w", (64, 64))])
-            assert exact.exact and not lossy.exact
-            return exact.allreduce(values[rank]), lossy.allreduce(values[rank])
-
-        results = _each(clients, train)
-    finally:
-        for c in clients:
-            c.close()
-    mean = (values[0] + values[1]) * np.float32(0.5)
-    for exact, lossy in results:
-        np.testing.assert_array_equal(exact, mean)  # 1/2 is exact: bit for bit
-        assert np.count_nonzero(lossy) < 0.1 * lossy.size  # Top-K 1% keeps few elements
-
-
-def test_registration_in_parts_across_nodes(build, start_daemons):
-    # 4096 layers with 100-byte names are ~4 packets; both nodes compare the layouts.
-    d = start_daemons([1, 1])
-    clients = _clients(d)
-    specs = [(f"layer{i:04d}." + "n" * 85 + ".weight", (2, i % 3 + 1)) for i in range(gcomp.MAX_LAYERS)]
-    assert min(len(n) for n, _ in specs) >= 100
-    numel = sum(a * b for _, (a, b) in specs)
-    try:
-        results = _each(clients, lambda rank, c: c.register("big", specs).allreduce(
-            np.arange(numel, dtype=np.float32) * (rank + 1)))
-        with pytest.raises(ValueError):
-            clients[0].register("toomany", specs + [("one", (1,))])
-    finally:
-        for c in clients:
-            c.close()
-    for r in results:
-        np.testing.assert_allclose(r, np.arange(numel) * 1.5, rtol=1e-6)
-
-
-def test_close_while_another_thread_waits(build, start_daemons):
-    d = start_daemons([2])  # local rank 1 never comes: the step stays in flight
+def _stuck_waiter(d):
+    """A client with a step that cannot complete (local rank 1 never submits) and a thread
+    in wait_any on it: (client, bucket, thread, {"error": the Error it got})."""
     c = gcomp.Client(socket=d.sock(0), job_id=d.job_id, local_rank=0)
     b = c.register("b0", [("w", (4,))])
     b.submit(0)
@@ -467,6 +356,85 @@ def test_close_while_another_thread_waits(build, start_daemons):
     w = threading.Thread(target=waiter)
     w.start()
     time.sleep(0.3)
+    return c, b, w, result
+
+
+def test_wait_any_daemon_killed(build, start_daemons):
+    d = start_daemons([2])
+    c, b, w, result = _stuck_waiter(d)
+    with c:
+        t0 = time.monotonic()
+        for pid in d.daemon_pids().values():
+            os.kill(pid, signal.SIGKILL)
+        w.join(20)
+        assert not w.is_alive(), "wait_any hangs after the daemon died"
+        assert time.monotonic() - t0 < 10
+        err = result["error"]
+        assert err.code == gcomp.Status.DAEMON_LOST and err.bucket is b, err
+        with pytest.raises(gcomp.Error) as info:
+            b.submit(1)
+        assert info.value.code == gcomp.Status.DAEMON_LOST
+
+
+def test_unregister_and_register_other_layers(build, start_daemons):
+    def train(rank, c):
+        b = c.register("b0", LAYERS)
+        first = b.allreduce(np.full(NUMEL, rank + 1.0))
+        b.submit(1)
+        with pytest.raises(gcomp.Error) as busy:
+            b.unregister()  # in flight: refused, the bucket stays usable
+        assert busy.value.code == gcomp.Status.BUSY
+        b.wait(20000)
+        b.unregister()
+        with pytest.raises(gcomp.Error) as gone:
+            b.data
+        assert gone.value.code == gcomp.Status.INVALID and "unregistered" in gone.value.message
+        with pytest.raises(gcomp.Error):
+            b.unregister()
+        # The name again, with other layers (and exact this time).
+        b2 = c.register("b0", [("w", (3, 3))], exact=True)
+        return first, b2.allreduce(np.full(9, rank * 10.0), step=7), b2.step
+
+    for first, second, step in _job(start_daemons([1, 1]), train):
+        np.testing.assert_array_equal(first, 1.5)
+        np.testing.assert_array_equal(second, 5.0)
+        assert step == 7
+
+
+def test_exact_bucket_ignores_the_codec(build, start_daemons):
+    rng = np.random.default_rng(3)
+    values = [rng.standard_normal(64 * 64).astype(np.float32) for _ in range(2)]
+
+    def train(rank, c):
+        exact = c.register("exact", [("w", (64, 64))], exact=True)
+        lossy = c.register("lossy", [("w", (64, 64))])
+        assert exact.exact and not lossy.exact
+        return exact.allreduce(values[rank]), lossy.allreduce(values[rank])
+
+    mean = (values[0] + values[1]) * np.float32(0.5)
+    for exact, lossy in _job(start_daemons([1, 1], codec="topk:density=0.01"), train):
+        np.testing.assert_array_equal(exact, mean)  # 1/2 is exact: bit for bit
+        assert np.count_nonzero(lossy) < 0.1 * lossy.size  # Top-K 1% keeps few elements
+
+
+def test_registration_in_parts_across_nodes(build, start_daemons):
+    # 4096 layers with 100-byte names are ~4 packets; both nodes compare the layouts.
+    specs = [(f"layer{i:04d}." + "n" * 85 + ".weight", (2, i % 3 + 1)) for i in range(gcomp.MAX_LAYERS)]
+    assert min(len(n) for n, _ in specs) >= 100
+    numel = sum(a * b for _, (a, b) in specs)
+
+    def train(rank, c):
+        if rank == 0:
+            with pytest.raises(ValueError):
+                c.register("toomany", specs + [("one", (1,))])
+        return c.register("big", specs).allreduce(np.arange(numel, dtype=np.float32) * (rank + 1))
+
+    for r in _job(start_daemons([1, 1]), train):
+        np.testing.assert_allclose(r, np.arange(numel) * 1.5, rtol=1e-6)
+
+
+def test_close_while_another_thread_waits(build, start_daemons):
+    c, _, w, result = _stuck_waiter(start_daemons([2]))
     t0 = time.monotonic()
     c.close()  # waits for the waiter to leave the library, which then fails
     assert time.monotonic() - t0 < 3
