@@ -77,6 +77,15 @@ def _shutdown():
         _default_client.close()
 
 
+class _Step:
+    """A submitted step a future waits for: its future (None once failed by its timeout;
+    the step stays in flight and its completion is dropped), what finishes it, its
+    deadline (time.monotonic(); None: none) and the message of its timeout."""
+
+    def __init__(self, future, finish, deadline, timeout_text):
+        self.future, self.finish, self.deadline, self.timeout_text = future, finish, deadline, timeout_text
+
+
 class _Completer:
     """Turns one client's bucket steps into torch futures.
 
@@ -89,7 +98,7 @@ class _Completer:
     def __init__(self, client):
         self.client = client
         self._cv = threading.Condition()
-        self._pending = {}  # Bucket -> [future or None once failed by timeout, finish, deadline, what]
+        self._pending = {}  # Bucket -> _Step
         self._closing = False
         self._thread = None
 
@@ -107,7 +116,7 @@ class _Completer:
                 fut.set_exception(exc)
                 return fut
             deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000.0
-            self._pending[bucket] = [fut, finish, deadline, f"{what}: not complete after {timeout_ms} ms"]
+            self._pending[bucket] = _Step(fut, finish, deadline, f"{what}: not complete after {timeout_ms} ms")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="gcomp-waiter", daemon=True)
                 self._thread.start()
@@ -146,33 +155,32 @@ class _Completer:
 
     def _complete(self, bucket, error):
         with self._cv:
-            entry = self._pending.pop(bucket, None)
-        if entry is None or entry[0] is None:
+            step = self._pending.pop(bucket, None)
+        if step is None or step.future is None:
             return  # failed by its timeout already
-        fut, finish = entry[0], entry[1]
         if error is not None:
-            fut.set_exception(error)
+            step.future.set_exception(error)
             return
         try:
-            value = finish(bucket)
+            value = step.finish(bucket)
         except BaseException as exc:  # reaches whoever waits on the future
-            fut.set_exception(exc)
+            step.future.set_exception(exc)
             return
-        fut.set_result(value)
+        step.future.set_result(value)
 
     def _expire(self):
         now = time.monotonic()
         with self._cv:
-            for entry in self._pending.values():
-                if entry[0] is not None and entry[2] is not None and now >= entry[2]:
-                    entry[0].set_exception(Error(Status.TIMEOUT, entry[3]))
-                    entry[0] = None  # the step stays in flight; drop its completion
+            for step in self._pending.values():
+                if step.future is not None and step.deadline is not None and now >= step.deadline:
+                    step.future.set_exception(Error(Status.TIMEOUT, step.timeout_text))
+                    step.future = None
 
     def _fail_all(self, error):
         """Fail every pending future (under self._cv)."""
-        for entry in self._pending.values():
-            if entry[0] is not None:
-                entry[0].set_exception(error)
+        for step in self._pending.values():
+            if step.future is not None:
+                step.future.set_exception(error)
         self._pending.clear()
 
 
@@ -277,27 +285,34 @@ class HookState:
 
     def _end_iteration(self):
         """After the last bucket of an iteration: unregister the buckets DDP no longer has."""
-        for index in [i for i in self._buckets if i not in self._used]:
-            self._buckets.pop(index).unregister()
-        self._used.clear()
         self.iteration += 1
+        self._used, used = set(), self._used
+        for index in [i for i in self._buckets if i not in used]:
+            self._buckets.pop(index).unregister()
 
     def reduce(self, bucket):
-        """The hook's work for one DDP GradBucket; returns its future."""
-        if self.client is None:
-            self.client = default_client()
+        """The hook's work for one DDP GradBucket; returns its future (failed with the
+        gcomp Error when registering or submitting fails)."""
         buf = bucket.buffer()
         index = bucket.index()
         layers = [(self._names.get(id(p), f"bucket{index}.param{j}"), _layer_shape(p))
                   for j, p in enumerate(bucket.parameters())]
         _check_dense(buf, f"DDP bucket {index}")
-        if sum(math.prod(shape) for _, shape in layers) != buf.numel():
+        numel = sum(math.prod(shape) for _, shape in layers)
+        if numel != buf.numel():
             raise ValueError(f"DDP bucket {index}: its buffer has {buf.numel()} elements, its "
-                             f"parameters {sum(math.prod(s) for _, s in layers)}")
-        b = self._bucket(self.client, index, layers)
+                             f"parameters {numel}")
         step = self.iteration
-        if bucket.is_last():
-            self._end_iteration()
+        try:
+            if self.client is None:
+                self.client = default_client()
+            b = self._bucket(self.client, index, layers)
+            if bucket.is_last():
+                self._end_iteration()
+        except Error as exc:
+            fut = torch.futures.Future()
+            fut.set_exception(exc)
+            return fut
         if self._hinted != step:
             self._hinted = step
             _send_hints(self.client, step, self.optimizer, self.samples_per_step)
