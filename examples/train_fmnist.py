@@ -233,6 +233,11 @@ def main():
                 log.flush()
     if log:
         log.close()
+    if torch.distributed.is_initialized():
+        # An orderly end: a trainer that left with gloo's threads still up was once
+        # aborted ("terminate called without an active exception") while rank 0 evaluated.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
