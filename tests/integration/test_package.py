@@ -1,6 +1,6 @@
-"""`pip install ./client/python` into a fresh virtual environment (seeing the system's
-site packages, whose pip does the install; no network), then the installed copy against
-a real daemon."""
+"""What is installed: `pip install ./client/python` into a fresh virtual environment
+(seeing the system's site packages, whose pip does the install; no network), used
+against a real daemon; and the gcomp.pc that `meson install` puts down."""
 
 import os
 import shutil
@@ -39,3 +39,31 @@ def test_pip_install_into_a_venv(build, start_daemons, tmp_path):
     assert path.startswith(str(venv)) and os.path.basename(os.path.dirname(path)) == "gcomp", path
     assert version == "0.1.0"
     assert values.strip() == "[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]"
+
+
+PROGRAM = r"""
+#include <gcomp.h>
+#include <stdio.h>
+int main(void) { puts(gcomp_err_name(GCOMP_TIMEOUT)); return 0; }
+"""
+
+
+def test_pkg_config_file_builds_a_program(build, tmp_path):
+    # `meson install` into a staging directory; gcomp.pc must give working flags.
+    dest = tmp_path / "dest"
+    res = subprocess.run(["meson", "install", "-C", build.root, "--no-rebuild", "--destdir", str(dest)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    pcs = list(dest.rglob("pkgconfig/gcomp.pc"))
+    assert len(pcs) == 1, pcs
+    env = dict(os.environ, PKG_CONFIG_PATH=str(pcs[0].parent), PKG_CONFIG_SYSROOT_DIR=str(dest))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "gcomp"], capture_output=True,
+                           text=True, env=env, check=True).stdout.split()
+    assert "-lgcomp-client" in flags, flags
+    (tmp_path / "p.c").write_text(PROGRAM)
+    subprocess.run(["cc", str(tmp_path / "p.c"), "-o", str(tmp_path / "p"), *flags], check=True,
+                   timeout=120)
+    libdir = next(f[2:] for f in flags if f.startswith("-L"))
+    out = subprocess.run([str(tmp_path / "p")], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, LD_LIBRARY_PATH=libdir)).stdout
+    assert out.strip() == "GCOMP_TIMEOUT"
