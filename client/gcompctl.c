@@ -4,6 +4,7 @@
  * PATH defaults to $GCOMP_CTL (set by gcomp-run for every trainer).
  */
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,30 +37,71 @@ static void usage(FILE *out)
             "PATH defaults to $GCOMP_CTL (a daemon's DIR/node{k}.ctl).\n");
 }
 
+/* The options are gcompctl's own wherever they stand (gcompctl stats --json), except
+   after whatif/query, whose arguments are the policy's; the rest is the command. */
+static int parse_options(int argc, char **argv, const char **path, int *json, int *timeout_ms,
+                         char **rest, int *nrest)
+{
+    *nrest = 0;
+    bool query = false;
+    for (int a = 1; a < argc; a++) {
+        const char *o = argv[a];
+        bool ours = !query && strncmp(o, "--", 2) == 0;
+        if (ours && strcmp(o, "--json") == 0) {
+            *json = 1;
+        } else if (ours && strcmp(o, "--socket") == 0) {
+            if (a + 1 >= argc || !argv[a + 1][0]) {
+                fprintf(stderr, "gcompctl: --socket needs a path\n");
+                return 2;
+            }
+            *path = argv[++a];
+        } else if (ours && strcmp(o, "--timeout-ms") == 0) {
+            char *end;
+            long v = a + 1 < argc ? strtol(argv[a + 1], &end, 10) : 0;
+            if (a + 1 >= argc || end == argv[a + 1] || *end || v < 1 || v > 86400000) {
+                fprintf(stderr, "gcompctl: --timeout-ms needs milliseconds in 1..86400000\n");
+                return 2;
+            }
+            *timeout_ms = (int)v;
+            a++;
+        } else if (ours && strcmp(o, "--help") == 0) {
+            usage(stdout);
+            return 1;
+        } else if (ours) {
+            fprintf(stderr, "gcompctl: unknown option '%s'\n", o);
+            usage(stderr);
+            return 2;
+        } else {
+            if (*nrest == 0 && (strcmp(o, "whatif") == 0 || strcmp(o, "query") == 0))
+                query = true;
+            rest[(*nrest)++] = argv[a];
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *path = getenv("GCOMP_CTL");
-    int json = 0, timeout_ms = 120000, a = 1;
-    for (; a < argc && strncmp(argv[a], "--", 2) == 0; a++) {
-        if (strcmp(argv[a], "--json") == 0) {
-            json = 1;
-        } else if (strcmp(argv[a], "--socket") == 0 && a + 1 < argc) {
-            path = argv[++a];
-        } else if (strcmp(argv[a], "--timeout-ms") == 0 && a + 1 < argc) {
-            timeout_ms = atoi(argv[++a]);
-        } else if (strcmp(argv[a], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "gcompctl: unknown option '%s'\n", argv[a]);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (a >= argc) {
+    int json = 0, timeout_ms = 120000, nrest;
+    char **rest = calloc((size_t)argc + 1, sizeof(char *));
+    if (!rest)
+        return 1;
+    int prc = parse_options(argc, argv, &path, &json, &timeout_ms, rest, &nrest);
+    if (prc)
+        return prc == 1 ? 0 : prc;
+    if (nrest == 0) {
         usage(stderr);
         return 2;
     }
+    if (!rest[0][0]) {
+        fprintf(stderr, "gcompctl: empty command; valid: status, stats, policy, whatif, query, "
+                        "checkpoint, shutdown\n");
+        return 2;
+    }
+    argv = rest - 1; /* the command at argv[1], as the code below reads it */
+    argc = nrest + 1;
+    int a = 1;
     char cmd[32];
     char **args = argv + a + 1;
     int nargs = argc - a - 1;
@@ -71,9 +113,13 @@ int main(int argc, char **argv)
         snprintf(cmd, sizeof(cmd), "policy-%s", args[0]);
         args++;
         nargs--;
+        if (strcmp(cmd, "policy-set") == 0 && (nargs != 1 || !args[0][0])) {
+            fprintf(stderr, "gcompctl: 'policy set SPEC' takes one spec, not empty\n");
+            return 2;
+        }
     } else if (strcmp(argv[a], "checkpoint") == 0) {
-        if (nargs != 2 || strcmp(args[0], "save")) {
-            fprintf(stderr, "gcompctl: 'checkpoint save DIR'\n");
+        if (nargs != 2 || strcmp(args[0], "save") || !args[1][0]) {
+            fprintf(stderr, "gcompctl: 'checkpoint save DIR' (a directory, not empty)\n");
             return 2;
         }
         static char abs_dir[4096];

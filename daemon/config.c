@@ -20,7 +20,18 @@ static const struct gcd_key {
     {"trainers", "1", "trainers per node: T for every node, or T0,T1,... one per node"},
     {"policy", "static:codec=none", "adaptive policy spec NAME[:key=value,...]"},
     {"codec", "", "codec spec for every eligible layer; shorthand for --policy static:codec=SPEC"},
-    {"transport", "mpi", "transport between daemons"},
+    {"transport", "mpi", "data transport between daemons (see the list below); the control "
+                         "plane is always MPI"},
+    {"threads", "0", "worker threads for codec work (encode, decode, local sums, policy "
+                     "statistics); 0: the cores this process may use, at most 8"},
+    {"lanes", "4", "bucket steps in flight at once: one bucket's local sum and encode "
+                   "overlap another's exchange"},
+    {"max-buckets", "4096", "buckets a daemon holds at once (and one trainer registers);"
+                            " more are refused with GCOMP_LIMIT"},
+    {"max-bytes", "0", "shared memory for buckets in bytes (k, m, g suffixes); a bucket that"
+                       " would go beyond is refused with GCOMP_LIMIT; 0: the machine's"
+                       " memory"},
+    {"hello-timeout-ms", "10000", "a connection that sends no hello this long is closed"},
     {"stats-file", "", "JSON lines, one per step and bucket, written by node 0; with {node}"
                        " in the path every node writes its own"},
     {"decision-log", "", "JSON lines, one per layer whose codec or parameter changes (step,"
@@ -116,6 +127,29 @@ static int parse_int(const char *key, const char *v, long min, long max, long *o
         return GCOMP_INVALID;
     }
     *out = x;
+    return GCOMP_OK;
+}
+
+/* A byte count with an optional k, m, g or t suffix (powers of 1024). */
+static int parse_bytes(const char *key, const char *v, uint64_t *out, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    int shift = 0;
+    if (end != v && *end && !end[1]) {
+        const char *units = "kmgt", *u = strchr(units, tolower((unsigned char)*end));
+        if (u) {
+            shift = 10 * (int)(u - units + 1);
+            end++;
+        }
+    }
+    if (errno || end == v || *end || v[0] == '-' || (shift && x > (UINT64_MAX >> shift))) {
+        snprintf(err, errlen, "--%s: '%s' is not a byte count (a number, optionally with k, m, "
+                 "g or t)", key, v);
+        return GCOMP_INVALID;
+    }
+    *out = (uint64_t)x << shift;
     return GCOMP_OK;
 }
 
@@ -223,6 +257,11 @@ int gcd_config_load(int argc, char **argv, gcd_config *cfg, char *err, size_t er
         snprintf(cfg->dir, sizeof(cfg->dir), "/tmp/gcomp-%s", cfg->job_id);
     }
     const char *codec = vals[key_index("codec")];
+    for (const char *const *k = (const char *const[]){"codec", "policy", NULL}; *k; k++)
+        if (cli[key_index(*k)] && !*cli[key_index(*k)]) {
+            snprintf(err, errlen, "--%s: empty spec (give a %s, e.g. --codec none)", *k, *k);
+            return GCOMP_INVALID;
+        }
     if (*codec) {
         if (cli[key_index("policy")]) {
             snprintf(err, errlen, "--codec and --policy exclude each other");
@@ -246,6 +285,21 @@ int gcd_config_load(int argc, char **argv, gcd_config *cfg, char *err, size_t er
     if (parse_int("seed", vals[key_index("seed")], 0, INT32_MAX, &x, err, errlen))
         return GCOMP_INVALID;
     cfg->seed = (uint64_t)x;
+    if (parse_int("threads", vals[key_index("threads")], 0, 256, &x, err, errlen))
+        return GCOMP_INVALID;
+    cfg->threads = (int)x;
+    if (parse_int("lanes", vals[key_index("lanes")], 1, 64, &x, err, errlen))
+        return GCOMP_INVALID;
+    cfg->lanes = (int)x;
+    if (parse_int("max-buckets", vals[key_index("max-buckets")], 1, 1 << 20, &x, err, errlen))
+        return GCOMP_INVALID;
+    cfg->max_buckets = (int)x;
+    if (parse_int("hello-timeout-ms", vals[key_index("hello-timeout-ms")], 10, 86400000, &x, err,
+                  errlen))
+        return GCOMP_INVALID;
+    cfg->hello_timeout_ms = (int)x;
+    if (parse_bytes("max-bytes", vals[key_index("max-bytes")], &cfg->max_bytes, err, errlen))
+        return GCOMP_INVALID;
     const char *nf = vals[key_index("nonfinite")];
     if (strcmp(nf, "fail") && strcmp(nf, "skip")) {
         snprintf(err, errlen, "--nonfinite: '%s' is not fail or skip", nf);

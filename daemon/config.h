@@ -22,12 +22,17 @@ typedef struct gcd_config {
     char transport[32];
     char stats_file[512];
     char decision_log[512];
-    char restore[512];      /* checkpoint directory to start from ("" = none) */ /* JSON lines of policy decisions ({node} as in stats_file) */
+    char restore[512];    /* checkpoint directory to start from ("" = none) */
     int timeout_ms;       /* a node silent this long in a negotiation is reported stalled */
     int cycle_ms;         /* longest wait between negotiation cycles when idle */
     uint64_t seed;        /* job seed for shared randomness */
     int log_level;
     bool nonfinite_skip;  /* non-finite input: skip the layer (else fail the step) */
+    int threads;          /* worker threads for codec work; 0: the cores, at most 8 */
+    int max_buckets;      /* live buckets per daemon (and per trainer connection) */
+    uint64_t max_bytes;   /* shared memory for buckets; 0: the machine's memory */
+    int hello_timeout_ms; /* a connection that says nothing this long is closed */
+    int lanes;            /* bucket steps in flight at once (pipeline depth) */
 } gcd_config;
 
 /* Parse everything; on error writes a message naming the key to err and returns

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
+#include "base/json.h"
 #include "daemon.h"
 #include "log.h"
 #include "policy.h"
@@ -15,28 +17,30 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
     uint32_t live = 0;
     for (uint32_t i = 0; i < d->nbuckets; i++)
         live += d->buckets[i] && !d->buckets[i]->dying;
-    double up = (double)(gcd_now_ms() - d->started_ms) / 1000.0;
+    double up = (double)(gk_now_ms() - d->started_ms) / 1000.0;
     if (json) {
         size_t n = (size_t)snprintf(out, len,
                                     "{\"node\":%d,\"nodes\":%d,\"job_id\":\"%s\",\"trainers\":%d,"
                                     "\"connected\":%d,\"total_trainers\":%d,\"transport\":\"%s\","
                                     "\"max_step\":%lld,\"uptime_s\":%.1f,\"policy\":",
                                     d->node, d->nodes, d->cfg.job_id, d->trainers, d->connected,
-                                    d->total_trainers, d->transport.ops->name,
+                                    d->total_trainers, d->data.ops->name,
                                     (long long)d->max_step, up);
-        n += gcd_json_str(out + n, n < len ? len - n : 0, d->policy_spec);
+        n += gk_json_str(out + n, n < len ? len - n : 0, d->policy_spec);
+        char lr[32];
+        gk_json_num(lr, sizeof(lr), d->hints.lr, 6); /* a NaN hint is null, not "nan" */
         n += (size_t)snprintf(out + n, n < len ? len - n : 0,
                               ",\"policy_epoch\":%llu,\"policy_step\":%lld,\"hints\":{\"count\":%llu,"
-                              "\"step\":%lld,\"lr\":%g,\"epochs\":%lld},\"buckets\":[",
+                              "\"step\":%lld,\"lr\":%s,\"epochs\":%lld},\"buckets\":[",
                               (unsigned long long)d->policy_epoch, (long long)d->policy_step,
-                              (unsigned long long)d->hints.count, (long long)d->hints.step,
-                              d->hints.lr, (long long)d->hints.epochs);
+                              (unsigned long long)d->hints.count, (long long)d->hints.step, lr,
+                              (long long)d->hints.epochs);
         for (uint32_t i = 0, k = 0; i < d->nbuckets && n < len; i++) {
             const gcd_bucket *b = d->buckets[i];
             if (!b || b->dying)
                 continue;
             n += (size_t)snprintf(out + n, len - n, "%s{\"name\":", k++ ? "," : "");
-            n += gcd_json_str(out + n, n < len ? len - n : 0, b->name);
+            n += gk_json_str(out + n, n < len ? len - n : 0, b->name);
             n += (size_t)snprintf(out + n, n < len ? len - n : 0,
                                   ",\"layers\":%zu,\"numel\":%zu,\"last_step\":%lld,"
                                   "\"pending_step\":%lld,\"lost\":%s}",
@@ -53,7 +57,7 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
             "policy: %s (epoch %llu, from step %lld)\n"
             "highest step submitted: %lld; hints received: %llu\n"
             "buckets: %u\n",
-            d->node, d->nodes, d->cfg.job_id, d->transport.ops->name, up, d->connected,
+            d->node, d->nodes, d->cfg.job_id, d->data.ops->name, up, d->connected,
             d->trainers, d->total_trainers, d->policy_spec, (unsigned long long)d->policy_epoch,
             (long long)d->policy_step, (long long)d->max_step, (unsigned long long)d->hints.count,
             live);
@@ -75,14 +79,9 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
 static int to_engine(gcd *d, enum gcd_event_kind kind, uint64_t ctl_id, int status,
                      const char *text, char *out, size_t len)
 {
-    pthread_mutex_lock(&d->mu);
-    int rc = gcd_queue_push(&d->to_engine, kind, 0, 0, status, ctl_id, text);
-    pthread_cond_signal(&d->cv);
-    pthread_mutex_unlock(&d->mu);
-    if (rc) {
-        snprintf(out, len, "out of memory");
-        return rc;
-    }
+    (void)out;
+    (void)len;
+    gcd_to_engine(d, kind, 0, 0, status, ctl_id, text);
     return 1;
 }
 
@@ -101,7 +100,7 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
         pthread_mutex_lock(&d->mu);
         if (json) {
             size_t n = (size_t)snprintf(out, len, "{\"policy\":");
-            n += gcd_json_str(out + n, n < len ? len - n : 0, d->policy_spec);
+            n += gk_json_str(out + n, n < len ? len - n : 0, d->policy_spec);
             snprintf(out + n, n < len ? len - n : 0, ",\"epoch\":%llu,\"from_step\":%lld}",
                      (unsigned long long)d->policy_epoch, (long long)d->policy_step);
         } else {

@@ -7,12 +7,14 @@
 #include <string.h>
 
 #include "gcomp.h"
+#include "base/grow.h"
 #include "layout.h"
 
 /* A bucket step that some nodes have reported ready. */
 typedef struct pending {
     char *bucket;
     int64_t step;
+    int64_t first_ms;  /* when the first node reported it */
     int nready;
     bool *ready;  /* [nodes] */
     int status;   /* non-zero: fails this cycle */
@@ -27,7 +29,21 @@ typedef struct known {
     int first;
     int *state;        /* [nodes]: LAYOUT_* */
     char **why;        /* [nodes]: message for LAYOUT_BAD */
+    uint32_t uid;      /* the bucket's number in the job (from 1) */
 } known;
+
+/* A bucket a node reported lost (a trainer left): its steps fail until it recovers. */
+typedef struct lost {
+    char *bucket;
+    int node;
+    char *why;
+} lost;
+
+/* A number restored from a checkpoint, for a bucket not announced again yet. */
+typedef struct reserved {
+    char *bucket;
+    uint32_t uid;
+} reserved;
 
 typedef struct policy_req {
     char *spec;
@@ -36,6 +52,10 @@ typedef struct policy_req {
 
 struct gcd_coord {
     int nodes;
+    int timeout_ms;      /* a step some nodes never report fails after this long */
+    int64_t now_ms;      /* the cycle's time (gcd_coord_step) */
+    lost *lost;
+    size_t nlost, caplost;
     policy_req *ckpt;  /* checkpoint requests (dir, origin), one decided per cycle */
     size_t nckpt, capckpt;
     pending *pend;
@@ -46,20 +66,10 @@ struct gcd_coord {
     size_t npreq, cappreq;
     uint64_t epoch;
     int64_t max_step;
+    uint32_t next_uid;   /* the number the next new bucket gets */
+    reserved *res;
+    size_t nres, capres;
 };
-
-static void *grow(void *arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return arr;
-    size_t ncap = *cap ? *cap * 2 : 8;
-    while (ncap < need)
-        ncap *= 2;
-    void *p = realloc(arr, ncap * elem);
-    if (p)
-        *cap = ncap;
-    return p;
-}
 
 static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
 static char *fmt(const char *f, ...)
@@ -72,12 +82,14 @@ static char *fmt(const char *f, ...)
     return strdup(buf);
 }
 
-gcd_coord *gcd_coord_new(int nodes)
+gcd_coord *gcd_coord_new(int nodes, int timeout_ms)
 {
     gcd_coord *c = calloc(1, sizeof(*c));
     if (c) {
         c->nodes = nodes;
+        c->timeout_ms = timeout_ms;
         c->max_step = -1;
+        c->next_uid = 1;
     }
     return c;
 }
@@ -107,6 +119,14 @@ void gcd_coord_free(gcd_coord *c)
         free(c->preq[i].spec);
     for (size_t i = 0; i < c->nckpt; i++)
         free(c->ckpt[i].spec);
+    for (size_t i = 0; i < c->nres; i++)
+        free(c->res[i].bucket);
+    free(c->res);
+    for (size_t i = 0; i < c->nlost; i++) {
+        free(c->lost[i].bucket);
+        free(c->lost[i].why);
+    }
+    free(c->lost);
     free(c->ckpt);
     free(c->pend);
     free(c->known);
@@ -124,7 +144,7 @@ static pending *find_pending(gcd_coord *c, const char *bucket)
 
 static pending *add_pending(gcd_coord *c, const char *bucket, int64_t step)
 {
-    pending *arr = grow(c->pend, &c->cappend, c->npend + 1, sizeof(*arr));
+    pending *arr = gk_grow(c->pend, &c->cappend, c->npend + 1, sizeof(*arr));
     if (!arr)
         return NULL;
     c->pend = arr;
@@ -133,6 +153,7 @@ static pending *add_pending(gcd_coord *c, const char *bucket, int64_t step)
     p->bucket = strdup(bucket);
     p->ready = calloc(c->nodes, sizeof(bool));
     p->step = step;
+    p->first_ms = c->now_ms;
     if (!p->bucket || !p->ready) {
         pending_free(p);
         return NULL;
@@ -158,6 +179,20 @@ static known *find_known(gcd_coord *c, const char *bucket)
         if (strcmp(c->known[i].bucket, bucket) == 0)
             return &c->known[i];
     return NULL;
+}
+
+/* The number of a bucket seen for the first time: the one a checkpoint kept for it, or
+   the next. Numbers are never given twice (they make layer ids unique). */
+static uint32_t take_uid(gcd_coord *c, const char *bucket)
+{
+    for (size_t i = 0; i < c->nres; i++)
+        if (strcmp(c->res[i].bucket, bucket) == 0) {
+            uint32_t uid = c->res[i].uid;
+            free(c->res[i].bucket);
+            c->res[i] = c->res[--c->nres];
+            return uid;
+        }
+    return c->next_uid++;
 }
 
 /*
@@ -190,7 +225,7 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
     }
     l.flags = e->flags;
     if (!k) {
-        known *arr = grow(c->known, &c->capknown, c->nknown + 1, sizeof(*arr));
+        known *arr = gk_grow(c->known, &c->capknown, c->nknown + 1, sizeof(*arr));
         if (!arr) {
             gcd_layout_free(&l);
             return GCOMP_NOMEM;
@@ -206,6 +241,7 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
         if (!k->bucket || !k->state || !k->why)
             return GCOMP_NOMEM;
         k->state[w] = LAYOUT_OK;
+        k->uid = take_uid(c, e->bucket);
         return GCOMP_OK;
     }
     char diff[512];
@@ -222,9 +258,10 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
     return GCOMP_OK;
 }
 
-static int add_entry(Gcomp__Decision *dec, const char *bucket, int64_t step, int status,
-                     const char *error)
+static int add_entry(gcd_coord *c, Gcomp__Decision *dec, const char *bucket, int64_t step,
+                     int status, const char *error)
 {
+    const known *k = find_known(c, bucket);
     Gcomp__DecisionEntry **arr = realloc(dec->run, (dec->n_run + 1) * sizeof(*arr));
     if (!arr)
         return GCOMP_NOMEM;
@@ -237,6 +274,7 @@ static int add_entry(Gcomp__Decision *dec, const char *bucket, int64_t step, int
     e->step = step;
     e->status = status;
     e->error = strdup(error ? error : "");
+    e->uid = k ? k->uid : 0;
     arr[dec->n_run++] = e;
     return e->bucket && e->error ? GCOMP_OK : GCOMP_NOMEM;
 }
@@ -253,7 +291,7 @@ static int on_ready(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__Deci
         /* Two nodes are at different steps of one bucket: both steps fail. */
         char *msg = fmt("bucket '%s': node %d submitted step %lld while other nodes are at step %lld",
                         e->bucket, w, (long long)e->step, (long long)p->step);
-        int rc = msg ? add_entry(dec, e->bucket, e->step, GCOMP_STEP, msg) : GCOMP_NOMEM;
+        int rc = msg ? add_entry(c, dec, e->bucket, e->step, GCOMP_STEP, msg) : GCOMP_NOMEM;
         fail(p, GCOMP_STEP, msg);
         free(why);
         return rc;
@@ -273,11 +311,47 @@ static int on_ready(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__Deci
     return GCOMP_OK;
 }
 
-/* A node failed a step (step < 0: whatever step of the bucket is pending). */
+static lost *find_lost(gcd_coord *c, const char *bucket, int w)
+{
+    for (size_t i = 0; i < c->nlost; i++)
+        if (c->lost[i].node == w && strcmp(c->lost[i].bucket, bucket) == 0)
+            return &c->lost[i];
+    return NULL;
+}
+
+/* Node w holds the bucket whole again (or let go of it): its steps run again. */
+static void forget_lost(gcd_coord *c, const char *bucket, int w)
+{
+    lost *l = find_lost(c, bucket, w);
+    if (!l)
+        return;
+    free(l->bucket);
+    free(l->why);
+    *l = c->lost[--c->nlost];
+}
+
+/* A node failed a step (step < 0: the bucket is lost there: whatever step of it is
+   pending, and every later one until it recovers). */
 static int on_failure(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__Decision *dec)
 {
     pending *p = find_pending(c, e->bucket);
     const char *err = e->error && *e->error ? e->error : "failed";
+    if (e->step < 0) {
+        lost *l = find_lost(c, e->bucket, w);
+        if (!l) {
+            lost *arr = gk_grow(c->lost, &c->caplost, c->nlost + 1, sizeof(*arr));
+            if (!arr)
+                return GCOMP_NOMEM;
+            c->lost = arr;
+            l = &arr[c->nlost++];
+            *l = (lost){.bucket = strdup(e->bucket), .node = w};
+            if (!l->bucket)
+                return GCOMP_NOMEM;
+        }
+        free(l->why);
+        if (!(l->why = fmt("node %d: %s", w, err)))
+            return GCOMP_NOMEM;
+    }
     if (p && (e->step < 0 || e->step == p->step)) {
         fail(p, e->status, fmt("node %d: %s", w, err));
         return GCOMP_OK;
@@ -285,7 +359,7 @@ static int on_failure(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, Gcomp__De
     if (e->step < 0)
         return GCOMP_OK;
     char *msg = fmt("node %d: %s", w, err);
-    int rc = msg ? add_entry(dec, e->bucket, e->step, e->status, msg) : GCOMP_NOMEM;
+    int rc = msg ? add_entry(c, dec, e->bucket, e->step, e->status, msg) : GCOMP_NOMEM;
     free(msg);
     return rc;
 }
@@ -325,19 +399,72 @@ static int gone_node(gcd_coord *c, const pending *p)
     return -1;
 }
 
-int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decision *dec)
+/* The names of the buckets node w holds (for a message), into out. */
+static void held_by(const gcd_coord *c, int w, char *out, size_t len)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < c->nknown && n + 1 < len; i++)
+        if (c->known[i].state[w] == LAYOUT_OK)
+            n += (size_t)snprintf(out + n, len - n, "%s'%s'", n ? ", " : "", c->known[i].bucket);
+    if (!n)
+        snprintf(out, len, "none announced yet");
+}
+
+/* A pending step that cannot run: a node lost the bucket, or some nodes never reported
+   it within the timeout (their trainers registered other buckets, or stopped). */
+static void check_pending(gcd_coord *c, pending *p)
+{
+    if (p->status)
+        return;
+    for (int w = 0; w < c->nodes; w++) {
+        const lost *l = p->ready[w] ? NULL : find_lost((gcd_coord *)c, p->bucket, w);
+        if (l) {
+            fail(p, GCOMP_PEER_LOST, strdup(l->why));
+            return;
+        }
+    }
+    if (c->now_ms - p->first_ms <= c->timeout_ms)
+        return;
+    char who[256] = "", held[512];
+    size_t n = 0;
+    int first = -1;
+    for (int w = 0; w < c->nodes && n < sizeof(who); w++)
+        if (!p->ready[w]) {
+            n += (size_t)snprintf(who + n, sizeof(who) - n, "%s%d", n ? ", " : "", w);
+            first = first < 0 ? w : first;
+        }
+    held_by(c, first, held, sizeof(held));
+    fail(p, GCOMP_MISMATCH, fmt("bucket '%s' step %lld: node %s did not submit it within %d ms "
+                                "(node %d holds %s)", p->bucket, (long long)p->step, who,
+                                c->timeout_ms, first, held));
+}
+
+int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, int64_t now_ms,
+                   Gcomp__Decision *dec)
 {
     int rc = GCOMP_OK;
+    c->now_ms = now_ms;
     for (int w = 0; w < c->nodes; w++)
-        for (size_t i = 0; i < reports[w]->n_unregistered; i++)
+        for (size_t i = 0; i < reports[w]->n_recovered; i++)
+            forget_lost(c, reports[w]->recovered[i], w);
+    /* Statistics every node holds: the least of what they report. */
+    dec->observe_through = reports[0]->observed;
+    for (int w = 1; w < c->nodes; w++)
+        if (reports[w]->observed < dec->observe_through)
+            dec->observe_through = reports[w]->observed;
+    for (int w = 0; w < c->nodes; w++)
+        for (size_t i = 0; i < reports[w]->n_unregistered; i++) {
             on_unregistered(c, w, reports[w]->unregistered[i]);
+            forget_lost(c, reports[w]->unregistered[i], w);
+        }
     for (int w = 0; w < c->nodes && !rc; w++) {
         const Gcomp__NodeReport *r = reports[w];
         dec->shutdown |= r->shutdown;
         if (r->max_step > c->max_step)
             c->max_step = r->max_step;
         if (r->policy_spec && *r->policy_spec) {
-            policy_req *arr = grow(c->preq, &c->cappreq, c->npreq + 1, sizeof(*arr));
+            policy_req *arr = gk_grow(c->preq, &c->cappreq, c->npreq + 1, sizeof(*arr));
             if (!arr)
                 return GCOMP_NOMEM;
             c->preq = arr;
@@ -345,7 +472,7 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
             arr[c->npreq++].origin = w;
         }
         if (r->checkpoint_dir && *r->checkpoint_dir) {
-            policy_req *arr = grow(c->ckpt, &c->capckpt, c->nckpt + 1, sizeof(*arr));
+            policy_req *arr = gk_grow(c->ckpt, &c->capckpt, c->nckpt + 1, sizeof(*arr));
             if (!arr)
                 return GCOMP_NOMEM;
             c->ckpt = arr;
@@ -372,8 +499,9 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decis
         int gone = gone_node(c, p);
         if (gone >= 0)
             fail(p, GCOMP_PEER_LOST, fmt("bucket '%s' was unregistered on node %d", p->bucket, gone));
+        check_pending(c, p);
         if (p->status || p->nready == c->nodes) {
-            rc = add_entry(dec, p->bucket, p->step, p->status, p->error);
+            rc = add_entry(c, dec, p->bucket, p->step, p->status, p->error);
             pending_free(p);
             if (rc)
                 return rc;
@@ -416,4 +544,51 @@ void gcd_coord_decision_clear(Gcomp__Decision *dec)
     if (dec->checkpoint_dir != protobuf_c_empty_string)
         free(dec->checkpoint_dir);
     gcomp__decision__init(dec);
+}
+
+int gcd_coord_save(const gcd_coord *c, gk_writer *w)
+{
+    gk_put_tag(w, "COOR", 1);
+    gk_put_u32(w, c->next_uid);
+    gk_put_u64(w, c->nknown + c->nres);
+    for (size_t i = 0; i < c->nknown; i++) {
+        gk_put_str(w, c->known[i].bucket);
+        gk_put_u32(w, c->known[i].uid);
+    }
+    for (size_t i = 0; i < c->nres; i++) {
+        gk_put_str(w, c->res[i].bucket);
+        gk_put_u32(w, c->res[i].uid);
+    }
+    return w->failed ? GCOMP_IO : GCOMP_OK;
+}
+
+int gcd_coord_load(gcd_coord *c, gk_reader *r)
+{
+    uint32_t next;
+    uint64_t n;
+    if (!gk_get_tag(r, "COOR", 1, NULL) || !gk_get_u32(r, &next) || !gk_get_u64(r, &n))
+        return GCOMP_PROTOCOL;
+    if (n > next || n > ((uint64_t)1 << 32)) {
+        gk_reader_fail(r, "coordinator record of %llu buckets below number %u", (unsigned long long)n, next);
+        return GCOMP_PROTOCOL;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        char name[GCOMP_MAX_NAME + 1];
+        uint32_t uid;
+        if (!gk_get_str(r, name, sizeof(name)) || !gk_get_u32(r, &uid))
+            return GCOMP_PROTOCOL;
+        if (uid == 0 || uid >= next) {
+            gk_reader_fail(r, "bucket '%s' numbered %u, the next number is %u", name, uid, next);
+            return GCOMP_PROTOCOL;
+        }
+        reserved *arr = gk_grow(c->res, &c->capres, c->nres + 1, sizeof(*arr));
+        if (!arr)
+            return GCOMP_NOMEM;
+        c->res = arr;
+        if (!(arr[c->nres].bucket = strdup(name)))
+            return GCOMP_NOMEM;
+        arr[c->nres++].uid = uid;
+    }
+    c->next_uid = next;
+    return GCOMP_OK;
 }

@@ -3,28 +3,41 @@
  * cycle every node reports the buckets its trainers have all submitted (and local
  * failures, shutdown and policy requests); the coordinator answers with one Decision
  * that every node applies in the same order: which bucket steps run now, which fail
- * (with the error naming the bucket and the nodes involved), whether to shut down, and
- * at which step a new policy applies.
+ * (with the error naming the bucket and the nodes involved), whether to shut down, at
+ * which step a new policy applies, and up to which bucket step every node holds the
+ * policy statistics (observe_through). It numbers the buckets in the order they are
+ * first announced (DecisionEntry.uid): layer ids are unique by construction.
  *
  * Pure logic on protobuf messages, no I/O: unit-tested on its own.
  */
 #ifndef GCD_COORD_H
 #define GCD_COORD_H
 
+#include "base/binio.h"
 #include "gcomp.pb-c.h"
 
 typedef struct gcd_coord gcd_coord;
 
-gcd_coord *gcd_coord_new(int nodes);
+/* timeout_ms: a bucket step that some nodes never report (their trainers registered
+   other names) fails after this long. The engine gives twice --timeout-ms, so that a
+   node's own, more precise reason (a slot that never registered or submitted, checked
+   after --timeout-ms) arrives first. */
+gcd_coord *gcd_coord_new(int nodes, int timeout_ms);
 /* NULL is a no-op. */
 void gcd_coord_free(gcd_coord *c);
 
 /*
- * One cycle: reports[w] is node w's report. Fills *dec (initialised by the caller
- * with GCOMP__DECISION__INIT); free its contents with gcd_coord_decision_clear().
- * Returns 0 or GCOMP_NOMEM.
+ * One cycle at time now_ms (the monotonic clock): reports[w] is node w's report. Fills
+ * *dec (initialised by the caller with GCOMP__DECISION__INIT); free its contents with
+ * gcd_coord_decision_clear(). Returns 0 or GCOMP_NOMEM.
  */
-int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, Gcomp__Decision *dec);
+int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, int64_t now_ms,
+                   Gcomp__Decision *dec);
 void gcd_coord_decision_clear(Gcomp__Decision *dec);
+
+/* Checkpoints: the buckets' numbers ('COOR' record), so that a restored job gives
+   every bucket the number (and its layers the ids) its saved state was made with. */
+int gcd_coord_save(const gcd_coord *c, gk_writer *w);
+int gcd_coord_load(gcd_coord *c, gk_reader *r);
 
 #endif

@@ -1,8 +1,9 @@
 /*
- * daemon.h: the state gcompd's two threads share. The libuv loop thread (sessions.c,
- * control.c) owns the sockets; the engine thread (engine.c, the main thread) owns the
- * transport and the codecs. They meet in `mu`: the bucket registry's step bookkeeping
- * and two event queues, one each way (the loop is woken by `wake`, the engine by `cv`).
+ * daemon.h: the state gcompd's threads share. The libuv loop thread (sessions.c,
+ * control.c) owns the sockets; the engine thread (loop.c and the files it calls, the
+ * main thread) owns the transports, the policies and the codec state, and hands codec
+ * work to its worker pool (pool.h). The loop and the engine meet in `mu`: the bucket
+ * registry's step bookkeeping and two event queues, one each way (events.h).
  */
 #ifndef GCD_DAEMON_H
 #define GCD_DAEMON_H
@@ -13,11 +14,13 @@
 #include <uv.h>
 
 #include "config.h"
+#include "events.h"
 #include "layout.h"
 #include "stats.h"
-#include "transports/transport.h"
+#include "transports/control.h"
+#include "transports/data.h"
 
-struct gcd_engine_bucket;
+struct eng_bucket;
 
 #define GCD_DECLOG_LINES 4096
 
@@ -40,8 +43,10 @@ typedef struct gcd_bucket {
     int64_t pending_step; /* -1: none */
     bool queued;          /* all slots submitted: handed to the engine */
     int64_t last_step;    /* last step finished (ok or failed); -1 before any */
-    char lost[640];       /* non-empty: a registered trainer left; steps fail until
-                             a trainer takes its slot again */
+    char lost[640];       /* non-empty: a registered trainer left (or registered another
+                             layout); steps fail until every slot holds it again */
+    int lost_status;      /* GCOMP_PEER_LOST or GCOMP_MISMATCH */
+    int64_t first_submit_ms; /* when the first slot submitted pending_step */
     int64_t failed_step;  /* a step the job failed before this node's trainers all
                              submitted it: later submits of it fail at once */
     int failed_status;
@@ -51,53 +56,37 @@ typedef struct gcd_bucket {
 
     /* Engine thread only. */
     bool announced;       /* layout sent to the coordinator */
-    struct gcd_engine_bucket *eng;
+    bool lost_reported;   /* its lost state was reported (once), not yet its recovery */
+    struct eng_bucket *eng;
 } gcd_bucket;
-
-enum gcd_event_kind {
-    GCD_EV_READY,     /* loop -> engine: bucket's pending_step fully submitted */
-    GCD_EV_FAIL,      /* loop -> engine: this node failed bucket's step (step -1: any) */
-    GCD_EV_POLICY,    /* loop -> engine: policy switch asked (text = spec) by ctl_id */
-    GCD_EV_SHUTDOWN,  /* loop -> engine: job-wide shutdown asked */
-    GCD_EV_QUERY,     /* loop -> engine: a query for the policy (text = args, '\n'-separated) */
-    GCD_EV_CHECKPOINT,/* loop -> engine: save a checkpoint in text (a directory) */
-    GCD_EV_UNREGISTER,/* loop -> engine: bucket is dying: drop its engine state */
-    GCD_EV_COMPLETE,  /* engine -> loop: bucket's step finished with status/text */
-    GCD_EV_CTL_REPLY, /* engine -> loop: answer ctl_id with status/text */
-    GCD_EV_FREED,     /* engine -> loop: the engine is done with dying bucket: free it */
-};
-
-typedef struct gcd_event {
-    struct gcd_event *next;
-    enum gcd_event_kind kind;
-    uint32_t bucket;
-    int64_t step;
-    int status;
-    uint64_t ctl_id;
-    char text[];      /* message or spec, NUL-terminated */
-} gcd_event;
-
-typedef struct gcd_queue {
-    gcd_event *head, *tail;
-} gcd_queue;
 
 typedef struct gcd {
     gcd_config cfg;
     int node, nodes;
     int trainers;       /* on this node */
     int total_trainers; /* in the job */
-    gcd_transport transport;
+    gcd_ctl *ctl;       /* the control plane (engine thread) */
+    struct gcd_live *live; /* liveness pings (liveness.h); NULL: off */
+    gcd_data data;      /* the data plane (engine thread) */
     int64_t started_ms;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;          /* engine waits here for to_engine */
     gcd_bucket **buckets;       /* by id; grows under mu; a freed bucket's entry is NULL
                                    (ids are never reused) */
-    uint32_t nbuckets, capbuckets;
+    uint32_t nbuckets;
+    uint32_t nlive;             /* buckets not freed */
+    uint64_t shm_bytes;         /* their shared memory */
+    uint64_t max_shm_bytes;     /* the limit (--max-bytes, or the machine's memory) */
+    size_t capbuckets;
     gcd_queue to_engine, to_loop;
     int64_t max_step;           /* highest step any local trainer submitted */
     int connected;              /* trainers connected */
     bool stopping;              /* the loop thread should close everything and return */
+    bool wake_closed;           /* the loop thread closed `wake`: nobody may send to it */
+    int bye_status;             /* why the daemon goes away (sent to every trainer as a
+                                   Goodbye): GCOMP_SHUTDOWN, or what took the job down */
+    char bye_text[512];
     struct {                    /* the trainers' latest hints */
         uint64_t count;
         int64_t epochs;         /* epoch ends hinted by local rank 0 */
@@ -122,14 +111,12 @@ typedef struct gcd {
     struct gcd_session *sessions;
     struct gcd_session *slots[GCD_MAX_TRAINERS];
     uv_poll_t listen_poll, ctl_poll;
+    uv_timer_t tick;            /* deadlines (sessions.c) */
     int listen_fd, ctl_fd;
+    int reserve_fd;             /* given up to refuse a connection when out of fds */
+    int64_t emfile_logged_ms;
     char sock_path[256], ctl_path[256];
 } gcd;
-
-/* Event queues (take mu yourself). push returns GCOMP_NOMEM on failure. */
-int gcd_queue_push(gcd_queue *q, enum gcd_event_kind kind, uint32_t bucket, int64_t step,
-                   int status, uint64_t ctl_id, const char *text);
-gcd_event *gcd_queue_take_all(gcd_queue *q);
 
 /* Registry (registry.c), under mu. */
 /* The live bucket of that name (not dying), or NULL. */
@@ -139,6 +126,9 @@ gcd_bucket *gcd_bucket_by_id(gcd *d, uint32_t id);
 /* Create the bucket, or check the layout against the registered one. */
 int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
                         gcd_bucket **out, char *err, size_t errlen);
+/* A bucket every slot released, with no step pending, dies: the engine drops its
+   state (GCD_EV_UNREGISTER), then the loop frees it. */
+void gcd_bucket_maybe_die(gcd *d, gcd_bucket *b);
 /* Free a dying bucket's memory and its entry (loop thread, after GCD_EV_FREED). */
 void gcd_bucket_free(gcd *d, gcd_bucket *b);
 void gcd_buckets_free(gcd *d);
@@ -149,7 +139,11 @@ void *gcd_sessions_run(void *arg);
 /* Wake the loop thread (any thread). */
 void gcd_sessions_wake(gcd *d);
 
-/* The engine (engine.c), on the main thread: returns when the job shuts down. */
+/* The lowest node that does not answer a liveness ping within wait_ms, -1 if every node
+   answers, -2 if that cannot be known (liveness.h). Engine thread. */
+int gcd_silent_node(gcd *d, int wait_ms);
+
+/* The engine (loop.c), on the main thread: returns when the job shuts down. */
 int gcd_engine_run(gcd *d);
 
 /* Control commands (control.c), loop thread: answer one request into reply text.
@@ -158,8 +152,5 @@ struct gcd_session;
 uint64_t gcd_session_id(const struct gcd_session *s);
 int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **args, size_t nargs,
                        int json, char *reply, size_t len);
-
-int64_t gcd_now_ms(void);
-double gcd_now_s(void);
 
 #endif

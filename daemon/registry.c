@@ -1,5 +1,5 @@
 /*
- * registry.c: buckets, their shared memory, and the event queues between threads.
+ * registry.c: buckets and their shared memory.
  * Each bucket has one memfd per local trainer (its input) and one result memfd that
  * all of the node's trainers map read-only.
  */
@@ -8,54 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "base/grow.h"
 #include "daemon.h"
 #include "log.h"
-
-int64_t gcd_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-double gcd_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-int gcd_queue_push(gcd_queue *q, enum gcd_event_kind kind, uint32_t bucket, int64_t step,
-                   int status, uint64_t ctl_id, const char *text)
-{
-    size_t n = text ? strlen(text) : 0;
-    gcd_event *e = malloc(sizeof(*e) + n + 1);
-    if (!e)
-        return GCOMP_NOMEM;
-    e->next = NULL;
-    e->kind = kind;
-    e->bucket = bucket;
-    e->step = step;
-    e->status = status;
-    e->ctl_id = ctl_id;
-    memcpy(e->text, text ? text : "", n + 1);
-    if (q->tail)
-        q->tail->next = e;
-    else
-        q->head = e;
-    q->tail = e;
-    return GCOMP_OK;
-}
-
-gcd_event *gcd_queue_take_all(gcd_queue *q)
-{
-    gcd_event *e = q->head;
-    q->head = q->tail = NULL;
-    return e;
-}
 
 gcd_bucket *gcd_bucket_by_name(gcd *d, const char *name)
 {
@@ -151,19 +108,33 @@ int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
             return GCOMP_INVALID;
         }
     } else {
-        if (d->nbuckets == d->capbuckets) {
-            uint32_t cap = d->capbuckets ? d->capbuckets * 2 : 16;
-            gcd_bucket **arr = realloc(d->buckets, cap * sizeof(*arr));
-            if (!arr)
-                return GCOMP_NOMEM;
-            d->buckets = arr;
-            d->capbuckets = cap;
+        uint64_t bytes = (uint64_t)layout->numel * sizeof(float) * (uint64_t)(d->trainers + 1);
+        if (d->nlive >= (uint32_t)d->cfg.max_buckets) {
+            snprintf(err, errlen, "bucket '%s': node %d already holds %u buckets (--max-buckets "
+                     "%d); unregister some first", name, d->node, d->nlive, d->cfg.max_buckets);
+            return GCOMP_LIMIT;
         }
+        if (bytes > d->max_shm_bytes || d->shm_bytes > d->max_shm_bytes - bytes) {
+            snprintf(err, errlen, "bucket '%s': %zu elements need %llu bytes of shared memory "
+                     "(%d trainer regions and a result), node %d has %llu of %llu left "
+                     "(--max-bytes)", name, layout->numel, (unsigned long long)bytes,
+                     d->trainers, d->node,
+                     (unsigned long long)(d->max_shm_bytes - d->shm_bytes),
+                     (unsigned long long)d->max_shm_bytes);
+            return GCOMP_LIMIT;
+        }
+        gcd_bucket **arr = gk_grow(d->buckets, &d->capbuckets, (size_t)d->nbuckets + 1,
+                                   sizeof(*arr));
+        if (!arr)
+            return GCOMP_NOMEM;
+        d->buckets = arr;
         int rc = bucket_new(d, name, layout, &b, err, errlen);
         if (rc)
             return rc;
         b->id = d->nbuckets;
         d->buckets[d->nbuckets++] = b;
+        d->nlive++;
+        d->shm_bytes += bytes;
     }
     b->registered |= 1ull << slot;
     b->released &= ~(1ull << slot);
@@ -173,9 +144,21 @@ int gcd_bucket_register(gcd *d, const char *name, gcd_layout *layout, int slot,
     return GCOMP_OK;
 }
 
+void gcd_bucket_maybe_die(gcd *d, gcd_bucket *b)
+{
+    uint64_t all = b->trainers == 64 ? ~0ull : (1ull << b->trainers) - 1;
+    if (b->released == all && b->pending_step < 0 && !b->dying) {
+        b->dying = true;
+        gcd_queue_push(&d->to_engine, GCD_EV_UNREGISTER, b->id, 0, 0, 0, NULL);
+        pthread_cond_signal(&d->cv);
+    }
+}
+
 void gcd_bucket_free(gcd *d, gcd_bucket *b)
 {
     d->buckets[b->id] = NULL;
+    d->nlive--;
+    d->shm_bytes -= (uint64_t)b->layout.numel * sizeof(float) * (uint64_t)(b->trainers + 1);
     bucket_free(b);
 }
 

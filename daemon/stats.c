@@ -1,6 +1,11 @@
 #include "stats.h"
 
+#include "base/grow.h"
+#include "base/json.h"
+#include "daemon.h"
+
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,50 +47,15 @@ gcd_stats_bucket *gcd_stats_bucket_get(gcd_stats *s, const char *name)
     for (size_t i = 0; i < s->n; i++)
         if (strcmp(s->b[i].name, name) == 0)
             return &s->b[i];
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 16;
-        gcd_stats_bucket *b = realloc(s->b, cap * sizeof(*b));
-        if (!b)
-            return NULL;
-        s->b = b;
-        s->cap = cap;
-    }
+    gcd_stats_bucket *arr = gk_grow(s->b, &s->cap, s->n + 1, sizeof(*arr));
+    if (!arr)
+        return NULL;
+    s->b = arr;
     gcd_stats_bucket *b = &s->b[s->n++];
     memset(b, 0, sizeof(*b));
     snprintf(b->name, sizeof(b->name), "%s", name);
     b->last_step = -1;
     return b;
-}
-
-size_t gcd_json_str(char *out, size_t len, const char *s)
-{
-    size_t n = 0;
-#define PUT(c)              \
-    do {                    \
-        if (n + 1 < len)    \
-            out[n] = (c);   \
-        n++;                \
-    } while (0)
-    PUT('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            PUT('\\');
-            PUT((char)c);
-        } else if (c < 0x20) {
-            char esc[8];
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-            for (char *e = esc; *e; e++)
-                PUT(*e);
-        } else {
-            PUT((char)c);
-        }
-    }
-    PUT('"');
-#undef PUT
-    if (len)
-        out[n < len ? n : len - 1] = '\0';
-    return n;
 }
 
 void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len)
@@ -108,7 +78,7 @@ void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len)
         double ratio = b->payload_bytes ? (double)b->dense_bytes / (double)b->payload_bytes : 0.0;
         if (json) {
             char name[2 * GCOMP_MAX_NAME + 8];
-            gcd_json_str(name, sizeof(name), b->name);
+            gk_json_str(name, sizeof(name), b->name);
             ADD("%s{\"bucket\":%s,\"steps\":%llu,\"failed\":%llu,\"last_step\":%lld,"
                 "\"dense_bytes\":%llu,\"payload_bytes\":%llu,\"ratio\":%.4f,"
                 "\"mean_sum_ms\":%.4f,\"mean_wait_ms\":%.4f,\"mean_exchange_ms\":%.4f,"
@@ -134,4 +104,79 @@ void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len)
             (unsigned long long)s->nonfinite, (unsigned long long)s->nonfinite_skipped);
     }
 #undef ADD
+}
+
+void gcd_stats_record(struct gcd *d, const gcd_step_record *r, int status)
+{
+    char *json = NULL, *text = NULL;
+    size_t jlen = 0, tlen = 0;
+    if (status == 0) {
+        FILE *f = open_memstream(&json, &jlen), *t = open_memstream(&text, &tlen);
+        char name[2 * GCOMP_MAX_NAME + 8];
+        if (f && t) {
+            gk_json_str(name, sizeof(name), r->bucket);
+            fprintf(f, "{\"step\":%lld,\"bucket\":%s,\"node\":%d,\"nodes\":%d,\"trainers\":%d,"
+                       "\"lane\":%d,\"dense_bytes\":%zu,\"payload_bytes\":%zu,\"t_sum_ms\":%.4f,"
+                       "\"t_wait_ms\":%.4f,\"t_prep_ms\":%.4f,\"t_collect_ms\":%.4f,"
+                       "\"t_encode_ms\":%.4f,\"t_collective_ms\":%.4f,\"t_decode_ms\":%.4f,"
+                       "\"t_exchange_ms\":%.4f,\"t_total_ms\":%.4f,\"nonfinite_skipped\":%d,"
+                       "\"policy\":",
+                    (long long)r->step, name, r->node, r->nodes, r->trainers, r->lane,
+                    r->dense_bytes, r->payload_bytes, r->t_sum_ms, r->t_wait_ms, r->t_prep_ms,
+                    r->t_collect_ms, r->t_encode_ms, r->t_collective_ms, r->t_decode_ms,
+                    r->t_exchange_ms, r->t_total_ms, r->nonfinite_skipped);
+            gk_json_str(name, sizeof(name), r->policy);
+            fprintf(f, "%s,\"layers\":[", name);
+            fprintf(t, "%s step %lld:\n", r->bucket, (long long)r->step);
+            for (size_t i = 0; i < r->nlayers; i++) {
+                const gcd_step_layer *l = &r->layers[i];
+                char spec[512] = "\"codec\":\"none\"", plain[512] = "none";
+                if (l->spec) {
+                    gk_spec_json(l->spec, spec, sizeof(spec));
+                    gk_spec_format(l->spec, plain, sizeof(plain));
+                }
+                gk_json_str(name, sizeof(name), l->name);
+                fprintf(f, "%s{\"name\":%s,\"numel\":%zu,%s,\"payload_bytes\":%zu}",
+                        i ? "," : "", name, l->numel, spec, l->payload);
+                fprintf(t, "  %-32.32s %10zu elements %12zu bytes  %s\n", l->name, l->numel,
+                        l->payload, plain);
+            }
+            fprintf(f, "]}");
+        }
+        if (f)
+            fclose(f);
+        if (t)
+            fclose(t);
+        if (json && d->stats.file)
+            fprintf(d->stats.file, "%s\n", json);
+    }
+    pthread_mutex_lock(&d->mu);
+    gcd_stats_bucket *sb = gcd_stats_bucket_get(&d->stats, r->bucket);
+    if (sb) {
+        sb->last_step = r->step;
+        if (status) {
+            sb->failed++;
+        } else {
+            sb->steps++;
+            sb->dense_bytes += r->dense_bytes;
+            sb->payload_bytes += r->payload_bytes;
+            sb->t_sum_ms += r->t_sum_ms;
+            sb->t_wait_ms += r->t_wait_ms;
+            sb->t_exchange_ms += r->t_exchange_ms;
+            sb->t_total_ms += r->t_total_ms;
+            if (json && text) {
+                free(sb->last_json);
+                free(sb->last_text);
+                sb->last_json = json;
+                sb->last_text = text;
+                json = text = NULL;
+            }
+        }
+    }
+    if (status == GCOMP_NONFINITE)
+        d->stats.nonfinite++;
+    d->stats.nonfinite_skipped += (uint64_t)r->nonfinite_skipped;
+    pthread_mutex_unlock(&d->mu);
+    free(json);
+    free(text);
 }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "codec.h"
 #include "gcomp.h"
 
 typedef struct gcd_stats_bucket {
@@ -29,14 +30,43 @@ typedef struct gcd_stats {
     uint64_t nonfinite_skipped; /* layers skipped for non-finite input (nonfinite=skip) */
 } gcd_stats;
 
+/* One layer of a finished bucket step. */
+typedef struct gcd_step_layer {
+    const char *name;
+    size_t numel;
+    const gk_spec *spec;  /* NULL: sent dense */
+    size_t payload;       /* the layer's own bytes */
+} gcd_step_layer;
+
+/* A finished bucket step on this node: the stats file's line and the totals. Times in
+   ms: sum (local sum), wait (ready to start of the exchange: negotiation and the
+   lane's queue), prep (x += g), collect (the policy's statistics), encode, collective
+   and decode (summed over the exchanges of the step), exchange (start to the last
+   decode), total (ready to result). */
+typedef struct gcd_step_record {
+    const char *bucket;
+    int64_t step;
+    int node, nodes, trainers, lane;
+    size_t dense_bytes, payload_bytes;
+    double t_sum_ms, t_wait_ms, t_prep_ms, t_collect_ms, t_encode_ms, t_collective_ms,
+        t_decode_ms, t_exchange_ms, t_total_ms;
+    int nonfinite_skipped;
+    const char *policy;
+    size_t nlayers;
+    const gcd_step_layer *layers;
+} gcd_step_record;
+
+struct gcd;
+/* Write the step's line (status 0) and add it to the bucket's totals (status != 0:
+   counted as failed, r->bucket and r->step only). Engine thread; takes gcd.mu. */
+void gcd_stats_record(struct gcd *d, const gcd_step_record *r, int status);
+
 /* Open the stats file for this node if the template asks for one ("{node}" replaced;
    without it only node 0 writes). Returns 0 or GCOMP_IO with err. */
 int gcd_stats_open(gcd_stats *s, const char *tmpl, int node, char *err, size_t errlen);
 void gcd_stats_close(gcd_stats *s);
 /* Totals of a bucket, created on first use (under gcd.mu); NULL on out of memory. */
 gcd_stats_bucket *gcd_stats_bucket_get(gcd_stats *s, const char *name);
-/* Write s as a JSON string (quotes and escapes) into out; returns chars written. */
-size_t gcd_json_str(char *out, size_t len, const char *s);
 /* The totals as JSON or text (under gcd.mu). */
 void gcd_stats_report(const gcd_stats *s, int json, char *out, size_t len);
 

@@ -3,7 +3,7 @@
  * takes part in one or more exchanges ("phases"), and reconstructs the mean over the
  * nodes. The registry (kernels/registry.c) lists every codec in one array.
  *
- * How the engine drives a codec, per bucket and step (daemon/engine.c):
+ * How the engine drives a codec, per bucket and step (daemon/pipeline.c):
  *
  *  - Layers the engine sends dense (fewer than 2 dimensions, fewer than min_elements
  *    elements, or compresses() says no) never reach the codec.
@@ -12,8 +12,9 @@
  *    contribution scaled so that the job's mean is (1/W) sum_w g_w (W = nodes). Input
  *    is checked for non-finite values before it is added: x never holds NaN/Inf.
  *  - For phase p in 0..nphases-1, the engine calls encode() for each layer of the
- *    group (all layers of the bucket sharing one spec), each writing into its own
- *    segment of one send buffer, then runs ONE collective for the whole group:
+ *    group (all layers of the bucket with the same codec and number of phases, each
+ *    with its own spec: L-GreCo's ranks, Accordion's levels), each writing into its
+ *    own segment of one send buffer, then runs ONE collective for the whole group:
  *      GK_COLL_ALLREDUCE_F32: segments are float32 arrays of exactly max_bytes; the
  *        engine sums them elementwise over the nodes; decode() gets nrecv = 1 and
  *        recv[0] = the summed segment.
@@ -26,8 +27,8 @@
  *    at 8-byte aligned addresses; allreduce segments are packed one after the other,
  *    aligned to their element size (4 or 2 bytes).
  *  - Between steps the engine changes x only by adding g (or, with ef = 0, by zeroing
- *    it after the step). When a layer's spec changes to another codec, or the layer
- *    stops being compressed, x is zeroed and the state freed and made anew.
+ *    it after the step). When a layer's spec changes, gk_layer_respec() says what
+ *    happens to x and the state.
  *  - After the last phase's decode: out[numel] holds the reconstructed mean over the
  *    nodes, and x holds the new error-feedback residual (x minus what this node's
  *    payload represents, or minus the global reconstruction where the algorithm says so,
@@ -35,8 +36,18 @@
  *  - Everything a codec draws at random that must match across nodes comes from
  *    gk_rng seeded with (call->seed, call->layer->id, call->step).
  *
- * Threads: codec functions are called from the engine thread only; they keep no global
- * mutable state. State per layer and node lives in the object made by state_new().
+ * Sizes: gk_payload_bytes(spec, layer, phase, step) is the most a phase's encode writes
+ * (exactly what it writes for allreduce phases, and for allgather phases whose codec
+ * says fixed_bytes); it may depend on the step (powersgd_unbiased alternates P and Q).
+ * When every layer of an allgather group has a fixed size the engine skips the
+ * exchange of sizes.
+ *
+ * Threads and memory: the engine calls encode/decode for different layers at once on
+ * its worker threads, each call with an execution context (gk_call.exec): the backend
+ * whose implementation runs, the memory space of x, send, recv and out, the worker's
+ * scratch arena (temporaries; everything taken from it is released after the call) and,
+ * for CUDA, the stream. Codec functions keep no global mutable state; state per layer
+ * and node lives in the object made by state_new(), touched by one call at a time.
  */
 #ifndef GK_CODEC_H
 #define GK_CODEC_H
@@ -45,6 +56,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "base/arena.h"
+#include "base/binio.h"
 
 typedef enum gk_coll {
     GK_COLL_ALLREDUCE_F32 = 0,
@@ -79,12 +93,36 @@ typedef struct gk_spec {
 
 /* One layer as a codec sees it. */
 typedef struct gk_layer {
-    uint32_t id;  /* stable across nodes and steps: (bucket index << 16) | layer index */
+    uint64_t id;  /* unique in the job, the same on every node and step: (the bucket's
+                     number, assigned by the coordinator in registration order) << 32 |
+                     the layer's index in its bucket */
     int ndim;     /* >= 1 */
     size_t rows;  /* matrix view: rows = shape[0] */
     size_t cols;  /* cols = numel / rows; a 1-D layer is rows x 1 */
     size_t numel;
 } gk_layer;
+
+/* Implementations of a codec, one slot each in gk_codec.impl. */
+typedef enum gk_backend {
+    GK_BACKEND_REF = 0,  /* scalar reference, the test oracle (host memory) */
+    GK_BACKEND_CPU = 1,  /* optimised CPU (host memory) */
+    GK_BACKEND_CUDA = 2, /* CUDA kernels (device memory, on exec->stream) */
+    GK_NBACKENDS = 3,
+} gk_backend;
+
+/* Where a buffer lives. */
+typedef enum gk_mem {
+    GK_MEM_HOST = 0,
+    GK_MEM_DEVICE = 1,
+} gk_mem;
+
+/* How and where one call runs. */
+typedef struct gk_exec {
+    gk_backend backend;
+    gk_mem mem;          /* of x, send, recv and out */
+    gk_arena *scratch;   /* the calling thread's scratch; NULL: malloc (gk_scratch_get) */
+    void *stream;        /* cudaStream_t for GK_BACKEND_CUDA; NULL otherwise */
+} gk_exec;
 
 /* Everything one encode/decode call needs besides the data. */
 typedef struct gk_call {
@@ -96,11 +134,18 @@ typedef struct gk_call {
     int node;        /* this node, 0 .. W-1 */
     uint64_t step;   /* the bucket's step number */
     uint64_t seed;   /* the job's seed, identical on every node */
+    const gk_exec *exec; /* NULL: host memory, no scratch arena */
 } gk_call;
+
+/* Temporary memory for one call: from the caller's arena when it has one (released by
+   the caller after the call; gk_scratch_put is then a no-op), else malloc'd (freed by
+   gk_scratch_put). NULL when out of memory. */
+void *gk_scratch_get(const gk_call *call, size_t bytes);
+void gk_scratch_put(const gk_call *call, void *p);
 
 /*
  * The functions that differ between implementations of one codec (scalar reference,
- * optimised CPU, CUDA). All receive host pointers here.
+ * optimised CPU, CUDA). Pointers are in the memory space of call->exec.
  */
 typedef struct gk_codec_impl {
     /* Write phase call->phase's payload for x into send (at most max_bytes) and set
@@ -119,28 +164,42 @@ typedef struct gk_codec {
     int nparams;
     bool ef_default;     /* error feedback on by default (biased codecs) */
     bool ef_allowed;     /* false: the spec key ef=1 is refused (signsgd, powersgd_unbiased) */
+    /* The parameter that sets how much the codec compresses (rank, density, bits...),
+       for policies that tune it; NULL: none. knob_more is +1 when a larger value
+       compresses more, -1 when a smaller one does. Read through gk_spec_knob(). */
+    const char *knob;
+    int knob_more;
     /* Number of phases for the spec. NULL means 1. */
     int (*nphases)(const gk_spec *spec);
     /* The collective of a phase. NULL means GK_COLL_ALLREDUCE_F32 for every phase. */
     gk_coll (*phase_coll)(const gk_spec *spec, int phase);
     /* Whether this layer is compressed under the spec, on top of the engine's rule
-       (PowerSGD's min_compression_rate). NULL means yes. */
+       (PowerSGD's min_compression_rate). NULL means yes. Ask gk_spec_compresses(). */
     bool (*compresses)(const gk_spec *spec, const gk_layer *layer);
-    /* Upper bound on the bytes encode() writes for the layer in the phase; exact for
-       allreduce phases. Never NULL. */
-    size_t (*max_bytes)(const gk_spec *spec, const gk_layer *layer, int phase);
+    /* Upper bound on the bytes encode() writes for the layer in the phase at the step;
+       exact for allreduce phases. Never NULL. Ask gk_payload_bytes(). */
+    size_t (*max_bytes)(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step);
+    /* Allgather phases: true when encode() always writes exactly max_bytes (so the
+       engine need not exchange sizes). NULL means variable. */
+    bool (*fixed_bytes)(const gk_spec *spec, int phase);
     /* Make the per-layer, per-node state (PowerSGD's Q, DGC's momentum...).
        NULL means the codec keeps no state. Returns 0 or a negative gcomp status. */
     int (*state_new)(const gk_spec *spec, const gk_layer *layer, void **state);
     /* Free a state from state_new(); NULL is a no-op. May be NULL if state_new is. */
     void (*state_free)(void *state);
-    /* Checkpoints: write the state to f / read it back into a state state_new() made
-       for the same spec and layer. Return 0 or a negative gcomp status. NULL only when
-       state_new is NULL. */
-    int (*state_save)(const void *state, const gk_layer *layer, FILE *f);
-    int (*state_load)(void *state, const gk_layer *layer, FILE *f);
-    const gk_codec_impl *ref; /* scalar reference (the test oracle); never NULL */
-    const gk_codec_impl *cpu; /* optimised CPU; NULL means use ref */
+    /* Whether a state made for `from` serves `to` as it is (same codec, other
+       parameters; DGC's momentum and residual do not depend on the density). NULL: a
+       parameter change makes the state anew. */
+    bool (*state_keeps)(const gk_spec *from, const gk_spec *to);
+    /* Checkpoints: write the state field by field (base/binio.h, starting with a
+       record header of the codec's own) / read it back into a state state_new() made
+       for the same spec and layer. Return 0 or a negative gcomp status (the reader's
+       err says why). NULL only when state_new is NULL. */
+    int (*state_save)(const void *state, const gk_layer *layer, gk_writer *w);
+    int (*state_load)(void *state, const gk_layer *layer, gk_reader *r);
+    /* Implementations by backend: [GK_BACKEND_REF] never NULL; the others may be NULL
+       (not written, or not built in). Ask gk_codec_impl_of(). */
+    const gk_codec_impl *impl[GK_NBACKENDS];
 } gk_codec;
 
 /* Keys every codec accepts besides its own (parsed by gk_spec_parse). */
@@ -168,22 +227,60 @@ int gk_spec_format(const gk_spec *spec, char *buf, size_t len);
    Returns the length snprintf would have written. */
 int gk_spec_json(const gk_spec *spec, char *buf, size_t len);
 
+/* The codec's keys with ranges and defaults ("rank (1..1024, default 1: ...), ..., ef
+   (0|1, default 1), min_elements (>= 0, default 1024)") into buf, for --help. */
+void gk_codec_keys_help(const gk_codec *c, char *buf, size_t len);
+
 /* Value of a codec parameter by key; NAN if the codec has no such key. */
 double gk_spec_get(const gk_spec *spec, const char *key);
+
+/* Whether the spec compresses the layer: at least 2 dimensions, at least min_elements
+   elements, and the codec's own rule. The one answer the engine and every policy use. */
+bool gk_spec_compresses(const gk_spec *spec, const gk_layer *layer);
+
+/* The spec's compression knob: its index in spec->v (and *value, *more as in
+   gk_codec.knob_more; either may be NULL), or -1 when the codec has none. */
+int gk_spec_knob(const gk_spec *spec, double *value, int *more);
+
+/* Phases of the spec, and the collective of one. */
+int gk_spec_nphases(const gk_spec *spec);
+gk_coll gk_spec_coll(const gk_spec *spec, int phase);
+
+/* The most bytes encode() writes for the layer in the phase at the step, and whether
+   it always writes exactly that many (allreduce phases always do). */
+size_t gk_payload_bytes(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step);
+bool gk_payload_fixed(const gk_spec *spec, int phase);
+/* fixed_bytes of the codecs whose every allgather payload is max_bytes long. */
+bool gk_payload_always_fixed(const gk_spec *spec, int phase);
+
+/*
+ * A layer's codec state when its spec changes from old (old_comp: it was compressed;
+ * old is ignored when it was not) to now (comp: it is). Codec or compression changed:
+ * state freed and x zeroed (the residual of another codec means nothing to this one);
+ * same codec, other parameters: the state kept when state_keeps() says so, else made
+ * anew, and x kept; then x (numel floats, zeroed) and the state are made if missing.
+ * A layer that is not compressed keeps neither. Returns 0 or GCOMP_NOMEM (or the
+ * codec's state_new error).
+ */
+int gk_layer_respec(const gk_spec *old, bool old_comp, const gk_spec *now, bool comp,
+                    const gk_layer *layer, void **state, float **x);
 
 /*
  * Compress and reconstruct one layer locally as the only node (W = 1) with a fresh
  * state: out gets what the codec gives back for `in`, *bytes (if not NULL) what it
- * would send over all phases. For policies (compression gain, codec timing). Returns 0
- * or a negative gcomp status.
+ * would send over all phases. For policies (compression gain, codec timing). exec may
+ * be NULL (host, malloc'd temporaries). Returns 0 or a negative gcomp status.
  */
 int gk_codec_roundtrip(const gk_spec *spec, const gk_layer *layer, const float *in, float *out,
-                       uint64_t seed, uint64_t step, size_t *bytes);
+                       uint64_t seed, uint64_t step, size_t *bytes, const gk_exec *exec);
 
-/* The implementation the engine runs: cpu when present, else ref. */
-static inline const gk_codec_impl *gk_codec_impl_of(const gk_codec *c)
+/* The implementation of a backend: impl[backend], or for GK_BACKEND_CPU the reference
+   when there is no optimised one; NULL when the backend has none (CUDA not built). */
+static inline const gk_codec_impl *gk_codec_impl_of(const gk_codec *c, gk_backend backend)
 {
-    return c->cpu ? c->cpu : c->ref;
+    if (c->impl[backend])
+        return c->impl[backend];
+    return backend == GK_BACKEND_CPU ? c->impl[GK_BACKEND_REF] : NULL;
 }
 
 #endif /* GK_CODEC_H */

@@ -11,9 +11,11 @@
 #define GK_LOWRANK_H
 
 #include <stdbool.h>
+#include <string.h>
 #include <stddef.h>
 
 #include "codec.h"
+#include "gcomp.h"
 #include "rng.h"
 
 /* Indices into gk_spec.v for powersgd's keys (the order of its params table). */
@@ -83,22 +85,32 @@ static inline bool gk_lowrank_all_zero(const float *a, size_t len)
     return true;
 }
 
-/* powersgd_unbiased's payload in floats: r_t max(n, m), whichever factor it carries
-   (see unbiased_max_bytes in ref/powersgd.c). */
-static inline size_t gk_lowrank_padded(const gk_lowrank_state *st)
+/*
+ * The one check of an allreduced factor, shared by the reference and the optimised
+ * decoders so both refuse the same payloads: one segment of exactly floats float32, all
+ * finite (sums of finite factors are, unless they overflow; a NaN would spread through
+ * the orthogonalisation into every output and the residual). GCOMP_PROTOCOL otherwise.
+ */
+static inline int gk_lowrank_check(const void *const *recv, const size_t *bytes, int nrecv,
+                                   size_t floats)
 {
-    return (st->n > st->m ? st->n : st->m) * st->r;
+    if (nrecv != 1 || bytes[0] != floats * sizeof(float))
+        return GCOMP_PROTOCOL;
+    const float *f = recv[0];
+    uint32_t bad = 0;
+    for (size_t i = 0; i < floats; i++) {
+        uint32_t u;
+        memcpy(&u, &f[i], sizeof(u));
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad ? GCOMP_PROTOCOL : GCOMP_OK;
 }
 
-/* Zero the floats of send after the *bytes written, up to the padded size, and set
-   *bytes to it: the zeros sum to zero and are ignored by the decoder. */
-static inline void gk_lowrank_pad(const gk_lowrank_state *st, void *send, size_t *bytes)
+/* powersgd_unbiased's payload in floats at a step: P (n r_t) on even steps, Q (m r_t)
+   on odd ones (unbiased_max_bytes in ref/powersgd.c says the same). */
+static inline size_t gk_lowrank_unbiased_floats(const gk_lowrank_state *st, uint64_t step)
 {
-    float *f = send;
-    size_t used = *bytes / sizeof(float), total = gk_lowrank_padded(st);
-    for (size_t i = used; i < total; i++)
-        f[i] = 0.0f;
-    *bytes = total * sizeof(float);
+    return (step % 2 == 0 ? st->n : st->m) * st->r;
 }
 
 /*

@@ -25,21 +25,25 @@ gk_coll gk_sparse_coll_allgather(const gk_spec *spec, int phase)
     return GK_COLL_ALLGATHER;
 }
 
-size_t gk_sparse_max_bytes_k(const gk_spec *spec, const gk_layer *layer, int phase)
+size_t gk_sparse_max_bytes_k(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
 {
+    (void)step;
     (void)phase;
     return gk_sparse_spec_k(spec, layer) * GK_SPARSE_ENTRY;
 }
 
-size_t gk_sparse_max_bytes_any(const gk_spec *spec, const gk_layer *layer, int phase)
+size_t gk_sparse_max_bytes_any(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
 {
+    (void)step;
     (void)spec;
     (void)phase;
     return layer->numel * GK_SPARSE_ENTRY;
 }
 
-size_t gk_sparse_max_bytes_values(const gk_spec *spec, const gk_layer *layer, int phase)
+size_t gk_sparse_max_bytes_values(const gk_spec *spec, const gk_layer *layer,
+                                  int phase, uint64_t step)
 {
+    (void)step;
     (void)phase;
     return gk_sparse_spec_k(spec, layer) * sizeof(float);
 }
@@ -96,7 +100,7 @@ int gk_sparse_decode_ref(const gk_call *call, float *x, const void *const *recv,
     return GCOMP_OK;
 }
 
-void gk_sparse_floyd(uint64_t seed, uint32_t layer_id, uint64_t step, size_t n, size_t k,
+void gk_sparse_floyd(uint64_t seed, uint64_t layer_id, uint64_t step, size_t n, size_t k,
                      void (*mark)(void *ctx, size_t i), bool (*marked)(void *ctx, size_t i),
                      void *ctx)
 {
@@ -108,7 +112,7 @@ void gk_sparse_floyd(uint64_t seed, uint32_t layer_id, uint64_t step, size_t n, 
     }
 }
 
-size_t gk_sparse_block_offset(uint64_t seed, uint32_t layer_id, uint64_t step, size_t n)
+size_t gk_sparse_block_offset(uint64_t seed, uint64_t layer_id, uint64_t step, size_t n)
 {
     gk_rng r;
     gk_rng_seed(&r, seed, layer_id, step, 0);

@@ -72,12 +72,12 @@ static inline size_t gk_sparse_spec_k(const gk_spec *spec, const gk_layer *layer
 /* phase_coll of the allgather sparsifiers. */
 gk_coll gk_sparse_coll_allgather(const gk_spec *spec, int phase);
 /* max_bytes for exactly k entries (topk, mstopk). */
-size_t gk_sparse_max_bytes_k(const gk_spec *spec, const gk_layer *layer, int phase);
+size_t gk_sparse_max_bytes_k(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step);
 /* max_bytes for a variable count, at most one entry per element (dgc, redsync, sidco,
    threshold). */
-size_t gk_sparse_max_bytes_any(const gk_spec *spec, const gk_layer *layer, int phase);
+size_t gk_sparse_max_bytes_any(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step);
 /* max_bytes of the allreduce sparsifiers: k float32 values. */
-size_t gk_sparse_max_bytes_values(const gk_spec *spec, const gk_layer *layer, int phase);
+size_t gk_sparse_max_bytes_values(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step);
 
 /*
  * Check W allgathered segments before they are used: nrecv == call->nodes, each size a
@@ -104,12 +104,12 @@ int gk_sparse_decode_ref(const gk_call *call, float *x, const void *const *recv,
  * marked(ctx, i) says whether i was already chosen. Every implementation runs this
  * same draw, so all nodes (and ref and cpu) choose the same set.
  */
-void gk_sparse_floyd(uint64_t seed, uint32_t layer_id, uint64_t step, size_t n, size_t k,
+void gk_sparse_floyd(uint64_t seed, uint64_t layer_id, uint64_t step, size_t n, size_t k,
                      void (*mark)(void *ctx, size_t i), bool (*marked)(void *ctx, size_t i),
                      void *ctx);
 
 /* Random-block's shared offset: uniform in 0..n-1 from the generator. */
-size_t gk_sparse_block_offset(uint64_t seed, uint32_t layer_id, uint64_t step, size_t n);
+size_t gk_sparse_block_offset(uint64_t seed, uint64_t layer_id, uint64_t step, size_t n);
 
 /* The generator stream a node uses for its own (not shared) draws: DGC's sample,
    MSTop-K's run offset. Stream 0 is the shared one. */

@@ -45,6 +45,13 @@ static void list_keys(const gk_codec *c, char *err, size_t errlen)
                  c->ef_default, GK_DEFAULT_MIN_ELEMENTS);
 }
 
+void gk_codec_keys_help(const gk_codec *c, char *buf, size_t len)
+{
+    if (len)
+        buf[0] = '\0';
+    list_keys(c, buf, len);
+}
+
 /* Parse a number that must lie in [min, max] (and be an integer if asked). */
 static int parse_value(const char *text, double min, double max, bool integer, double *out)
 {
@@ -129,14 +136,25 @@ int gk_spec_parse(const char *text, gk_spec *out, char *err, size_t errlen)
     for (int i = 0; i < c->nparams; i++)
         s.v[i] = c->params[i].def;
     if (args) {
-        char *save = NULL;
+        char *save = NULL, seen[GK_MAX_PARAMS + 2][64];
+        int nseen = 0;
         if (!*args) {
             snprintf(err, errlen, "codec '%s': empty parameter list after ':'", c->name);
             return GCOMP_INVALID;
         }
-        for (char *pair = strtok_r(args, ",", &save); pair; pair = strtok_r(NULL, ",", &save))
+        for (char *pair = strtok_r(args, ",", &save); pair; pair = strtok_r(NULL, ",", &save)) {
+            size_t klen = strcspn(pair, "=");
+            for (int k = 0; k < nseen; k++)
+                if (strlen(seen[k]) == klen && strncmp(seen[k], pair, klen) == 0) {
+                    snprintf(err, errlen, "codec '%s': key '%.*s' given twice", c->name,
+                             (int)klen, pair);
+                    return GCOMP_INVALID;
+                }
             if (parse_pair(c, &s, pair, err, errlen))
                 return GCOMP_INVALID;
+            if (nseen < GK_MAX_PARAMS + 2)
+                snprintf(seen[nseen++], sizeof(seen[0]), "%.*s", (int)klen, pair);
+        }
     }
     *out = s;
     return GCOMP_OK;
@@ -172,4 +190,95 @@ double gk_spec_get(const gk_spec *s, const char *key)
         if (strcmp(s->codec->params[i].key, key) == 0)
             return s->v[i];
     return NAN;
+}
+
+bool gk_spec_compresses(const gk_spec *spec, const gk_layer *layer)
+{
+    const gk_codec *c = spec->codec;
+    return layer->ndim >= 2 && (long)layer->numel >= spec->min_elements &&
+           (!c->compresses || c->compresses(spec, layer));
+}
+
+int gk_spec_knob(const gk_spec *spec, double *value, int *more)
+{
+    const gk_codec *c = spec->codec;
+    for (int i = 0; c->knob && i < c->nparams; i++)
+        if (strcmp(c->params[i].key, c->knob) == 0) {
+            if (value)
+                *value = spec->v[i];
+            if (more)
+                *more = c->knob_more;
+            return i;
+        }
+    return -1;
+}
+
+int gk_spec_nphases(const gk_spec *spec)
+{
+    return spec->codec->nphases ? spec->codec->nphases(spec) : 1;
+}
+
+gk_coll gk_spec_coll(const gk_spec *spec, int phase)
+{
+    return spec->codec->phase_coll ? spec->codec->phase_coll(spec, phase) : GK_COLL_ALLREDUCE_F32;
+}
+
+size_t gk_payload_bytes(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
+{
+    (void)step;
+    return spec->codec->max_bytes(spec, layer, phase, step);
+}
+
+bool gk_payload_fixed(const gk_spec *spec, int phase)
+{
+    if (gk_spec_coll(spec, phase) != GK_COLL_ALLGATHER)
+        return true;
+    return spec->codec->fixed_bytes && spec->codec->fixed_bytes(spec, phase);
+}
+
+bool gk_payload_always_fixed(const gk_spec *spec, int phase)
+{
+    (void)spec;
+    (void)phase;
+    return true;
+}
+
+void *gk_scratch_get(const gk_call *call, size_t bytes)
+{
+    if (call->exec && call->exec->scratch)
+        return gk_arena_alloc(call->exec->scratch, bytes ? bytes : 1);
+    return malloc(bytes ? bytes : 1);
+}
+
+void gk_scratch_put(const gk_call *call, void *p)
+{
+    if (!(call->exec && call->exec->scratch))
+        free(p);
+}
+
+int gk_layer_respec(const gk_spec *old, bool old_comp, const gk_spec *now, bool comp,
+                    const gk_layer *layer, void **state, float **x)
+{
+    const gk_codec *oc = old_comp ? old->codec : NULL;
+    bool same_codec = oc && comp && oc == now->codec;
+    if (!same_codec) {
+        if (*state && oc && oc->state_free)
+            oc->state_free(*state);
+        *state = NULL;
+        free(*x);
+        *x = NULL;
+    } else if (*state && (memcmp(old->v, now->v, sizeof(old->v)) != 0 || old->ef != now->ef)) {
+        const gk_codec *c = now->codec;
+        if (!c->state_keeps || !c->state_keeps(old, now)) {
+            c->state_free(*state);
+            *state = NULL;
+        }
+    }
+    if (!comp)
+        return GCOMP_OK;
+    if (!*x && !(*x = calloc(layer->numel ? layer->numel : 1, sizeof(float))))
+        return GCOMP_NOMEM;
+    if (!*state && now->codec->state_new)
+        return now->codec->state_new(now, layer, state);
+    return GCOMP_OK;
 }

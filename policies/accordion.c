@@ -21,40 +21,54 @@
  * the whole model's norm once every layer has had its check of a round, chooses the
  * batch size the trainers are advised to use (lr_scale = batch / batch_low).
  *
- * Keys (defaults): codec (powersgd), param (rank for powersgd*, bits for maxmin, levels
- * for qsgd, density otherwise), low and high (rank 2 and 1, density 0.99 and 0.1; other
- * parameters must be given), eta (0.5), interval (10 steps) or epochs (F), window (epochs
- * mode: last = the epoch before each check, the paper's; all = every epoch since the
- * previous check), lr_drop (0: any decrease of the LR is a decay; f > 0: only a fall
- * below (1 - f) times the LR of the previous decay or the highest LR since, for schedules
- * that lower the LR a little every step), batch_low and batch_high (no
- * advice without them), batch_up_only (0; 1: never advise batch_low again once batch_high
- * was advised, as the paper's batch-size runs did).
+ * Keys (defaults): codec (powersgd), param (the codec's compression knob, gk_codec.knob:
+ * rank for powersgd, density for topk, bits for maxmin...), low and high (the paper's
+ * levels where the knob is rank or density: rank 2 and 1, density 0.99 and 0.1; for
+ * other parameters they must be given), eta (0.5), interval (10 steps) or epochs (F),
+ * window (epochs mode: last = the epoch before each check, the paper's; all = every
+ * epoch since the previous check), lr_drop (0: any decrease of the LR is a decay;
+ * f > 0: only a fall below (1 - f) times the LR of the previous decay or the highest LR
+ * since, for schedules that lower the LR a little every step), batch_low and batch_high
+ * (no advice without them), batch_up_only (0; 1: never advise batch_low again once
+ * batch_high was advised, as the paper's batch-size runs did).
  *
  * Epoch counts: the hints' epoch counter is this node's own count (not averaged by the
  * engine), so it cannot drive a decision directly: every node must decide the same.
  * collect() therefore reports the count this node had seen at its previous observe() as
  * a second statistic; observe() uses the nodes' average of it, identical everywhere
  * (floored: an epoch counts once the average reaches it). The price is one step of lag.
+ *
+ * Threads: collect() may run for several layers at once (collect_concurrent). It finds
+ * the layer that decide() made (it never adds one), adds g to that layer's own
+ * accumulator (made on the layer's first collect) and reads local_epochs, which only
+ * observe() writes, and observe() never runs beside a collect().
+ *
+ * Checkpoint: record "ACCO" version 1: the arguments (codec, param, low, high,
+ * interval, epochs, window, batch_low, batch_high), the node's epoch count and learning
+ * rate reference, the model's level and batch advice, then per layer in insertion
+ * order its id, level, counters, norms and accumulator.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt.h"
 #include "gcomp.h"
 #include "levels.h"
 #include "policy.h"
 
 #define ACC_NAME "accordion"
-#define ACC_MAGIC "GPACCRD1"
+#define ACC_TAG "ACCO"
+#define ACC_VERSION 1
 
 enum { ACC_LOW = 0, ACC_HIGH = 1 };
 enum { WHY_FIRST, WHY_CRITICAL, WHY_PREV_ZERO, WHY_STABLE, WHY_LR };
 
 /* A level and the reason for it, for one layer or (batch size) the whole model. */
 typedef struct acc_level {
-    int32_t level, why;
+    uint8_t level;          /* ACC_LOW or ACC_HIGH */
+    uint8_t why;            /* WHY_*: the reason for the level */
     double ratio;           /* the relative norm change found by the latest check */
     double lr_from, lr_to;  /* the learning-rate decay that forced low */
     int64_t lr_step;        /* step at which that decay was seen; -1: none pending */
@@ -68,25 +82,29 @@ typedef struct acc_layer {
     int64_t nacc;      /* steps in the accumulator */
     double prev_sq;    /* ||acc||^2 (mean over nodes) of the window before the latest */
     double last_sq;    /* ||acc||^2 (mean over nodes) of the latest checked window */
-    uint64_t numel;
+    uint64_t numel;    /* elements of acc */
     float *acc;        /* sum of this node's g over the current window; NULL before collect */
 } acc_layer;
 
 typedef struct acc_state {
-    gk_spec codec;
-    char param[32];
-    double low, high, eta, lr_drop;
+    gk_spec codec;      /* the codec as given; decide() sets param to low or high */
+    char param[32];     /* the codec parameter moved */
+    double low, high;   /* its values in critical regimes and elsewhere */
+    double eta;         /* the relative norm change that makes a regime critical */
+    double lr_drop;     /* the fall of the LR that counts as a decay (0: any) */
     long interval;      /* steps between checks (steps mode) */
     long epochs;        /* F: check at every F-th epoch end; 0: steps mode */
     long window_all;    /* epochs mode: 1 = sum over all F epochs, 0 = the last epoch only */
-    long batch_low, batch_high, batch_up_only;
-    gp_lmap layers;     /* acc_layer by layer id */
+    long batch_low, batch_high; /* the advised batch sizes; 0: no advice */
+    long batch_up_only; /* 1: never advise batch_low again after batch_high */
+    gp_lmap layers;     /* acc_layer by layer id, made by decide() (or observe()) */
     int64_t local_epochs; /* this node's epoch count from the hints; -1 before any */
-    uint8_t has_lr;
+    uint8_t has_lr;     /* lr_ref holds a learning rate */
     double lr_ref;      /* the learning rate a decay is measured against */
     acc_level model;    /* the whole model's level (batch size) */
-    int64_t model_round;
-    int64_t batch, batch_step;
+    int64_t model_round; /* the round of the model's latest check; -1 none */
+    int64_t batch;      /* the batch size advised now (batch_low or batch_high) */
+    int64_t batch_step; /* the step at which it was advised */
 } acc_state;
 
 static const char *const acc_keys[] = {"codec",     "param",      "low",          "high",
@@ -112,16 +130,24 @@ static void acc_destroy(void *state)
     free(s);
 }
 
-/* The paper's levels, where it gives them: PowerSGD rank 2 / 1, Top-K 99% / 10%. */
-static int default_level(const char *param, int high, double *out)
+/* The paper's levels, where it gives them, by the codec's knob: PowerSGD's rank 2 / 1,
+   Top-K's density 99% / 10%. */
+static const struct {
+    const char *knob;
+    double low, high;
+} acc_defaults[] = {{"rank", 2, 1}, {"density", 0.99, 0.1}};
+
+/* The default low (high = 0) or high (1) value of the parameter the policy moves: only
+   for a codec's knob the paper gives levels for. */
+static int default_level(const acc_state *s, int high, double *out)
 {
-    if (strcmp(param, "rank") == 0)
-        *out = high ? 1 : 2;
-    else if (strcmp(param, "density") == 0)
-        *out = high ? 0.1 : 0.99;
-    else
-        return GCOMP_INVALID;
-    return GCOMP_OK;
+    const char *knob = s->codec.codec->knob;
+    for (size_t i = 0; knob && i < sizeof(acc_defaults) / sizeof(acc_defaults[0]); i++)
+        if (strcmp(s->param, knob) == 0 && strcmp(knob, acc_defaults[i].knob) == 0) {
+            *out = high ? acc_defaults[i].high : acc_defaults[i].low;
+            return GCOMP_OK;
+        }
+    return GCOMP_INVALID;
 }
 
 static int acc_parse(acc_state *s, const gp_args *a, char *err, size_t errlen)
@@ -193,9 +219,9 @@ static int acc_parse(acc_state *s, const gp_args *a, char *err, size_t errlen)
         if (vals[i])
             rc = gp_levels_value(ACC_NAME, keys[i], vals[i], &s->codec, s->param, outs[i], err,
                                  errlen);
-        else if (default_level(s->param, i, outs[i])) {
+        else if (default_level(s, i, outs[i])) {
             snprintf(err, errlen, "policy '%s': %s is required for param '%s' (defaults exist "
-                     "only for rank and density)", ACC_NAME, keys[i], s->param);
+                     "only for the knobs rank and density)", ACC_NAME, keys[i], s->param);
             rc = GCOMP_INVALID;
         }
     }
@@ -224,7 +250,9 @@ static int acc_create(const gp_args *a, const gp_env *env, void **state, char *e
     return GCOMP_OK;
 }
 
-static acc_layer *layer_get(acc_state *s, uint32_t id)
+/* The layer's state, made (low, first interval) when there is none; NULL when out of
+   memory. Not for collect(): it may add to the map. */
+static acc_layer *layer_get(acc_state *s, uint64_t id)
 {
     acc_layer *l = gp_lmap_find(&s->layers, id);
     if (l)
@@ -279,14 +307,15 @@ static int acc_decide(void *state, const gp_layer *layer, int64_t step, gk_spec 
 }
 
 static int acc_collect(void *state, const gp_layer *layer, int64_t step, const float *g,
-                       const float *x, double *stats)
+                       const float *x, double *stats, const gk_exec *exec)
 {
     (void)step;
     (void)x;
-    acc_state *s = state;
-    acc_layer *l = layer_get(s, layer->geom.id);
+    (void)exec;
+    const acc_state *s = state;
+    acc_layer *l = gp_lmap_find(&s->layers, layer->geom.id);
     if (!l)
-        return GCOMP_NOMEM;
+        return GCOMP_INVALID; /* decide() has not seen the layer */
     if (!l->acc || l->numel != layer->geom.numel) {
         /* A layer's size never changes; should it, its window starts again. */
         float *acc = calloc(layer->geom.numel ? layer->geom.numel : 1, sizeof(*acc));
@@ -456,109 +485,125 @@ static int acc_advice(void *state, gp_advice *out)
     return GCOMP_OK;
 }
 
-static int put_level(FILE *f, const acc_level *lv)
+static void put_level(gk_writer *w, const acc_level *lv)
 {
-    return GP_PUT(f, lv->level) || GP_PUT(f, lv->why) || GP_PUT(f, lv->ratio) ||
-                   GP_PUT(f, lv->lr_from) || GP_PUT(f, lv->lr_to) || GP_PUT(f, lv->lr_step)
-               ? GCOMP_IO
-               : GCOMP_OK;
+    gk_put(w, lv->level);
+    gk_put(w, lv->why);
+    gk_put(w, lv->ratio);
+    gk_put(w, lv->lr_from);
+    gk_put(w, lv->lr_to);
+    gk_put(w, lv->lr_step);
 }
 
-static int get_level(FILE *f, acc_level *lv)
+static bool get_level(gk_reader *r, acc_level *lv)
 {
-    if (GP_GET(f, lv->level) || GP_GET(f, lv->why) || GP_GET(f, lv->ratio) ||
-        GP_GET(f, lv->lr_from) || GP_GET(f, lv->lr_to) || GP_GET(f, lv->lr_step))
-        return GCOMP_IO;
-    return (lv->level == ACC_LOW || lv->level == ACC_HIGH) && lv->why >= WHY_FIRST &&
-                   lv->why <= WHY_LR
-               ? GCOMP_OK
-               : GCOMP_INVALID;
+    if (!(gk_get(r, &lv->level) && gk_get(r, &lv->why) && gk_get(r, &lv->ratio) &&
+          gk_get(r, &lv->lr_from) && gk_get(r, &lv->lr_to) && gk_get(r, &lv->lr_step)))
+        return false;
+    if (lv->level > ACC_HIGH || lv->why > WHY_LR)
+        return gk_reader_fail(r, "%s checkpoint: level %u with reason %u, not a valid pair",
+                              ACC_NAME, lv->level, lv->why);
+    return true;
 }
 
-/* The arguments the saved state depends on, to refuse a checkpoint of another spec. */
-static void fingerprint(const acc_state *s, double fp[4])
-{
-    fp[0] = s->low;
-    fp[1] = s->high;
-    fp[2] = (double)s->interval;
-    fp[3] = (double)s->epochs;
-}
-
-static int acc_save(void *state, FILE *f)
+static int acc_save(void *state, gk_writer *w)
 {
     const acc_state *s = state;
-    double fp[4];
-    fingerprint(s, fp);
-    uint64_t n = s->layers.n;
-    int rc = gp_levels_put(f, ACC_MAGIC, 8) || gp_levels_put(f, fp, sizeof(fp)) ||
-                     GP_PUT(f, s->local_epochs) || GP_PUT(f, s->has_lr) || GP_PUT(f, s->lr_ref) ||
-                     put_level(f, &s->model) || GP_PUT(f, s->model_round) ||
-                     GP_PUT(f, s->batch) || GP_PUT(f, s->batch_step) || GP_PUT(f, n)
-                 ? GCOMP_IO
-                 : GCOMP_OK;
-    for (size_t i = 0; i < s->layers.n && !rc; i++) {
+    gk_put_tag(w, ACC_TAG, ACC_VERSION);
+    /* The arguments the state depends on. */
+    gk_put_str(w, s->codec.codec->name);
+    gk_put_str(w, s->param);
+    gk_put(w, s->low);
+    gk_put(w, s->high);
+    gk_put(w, (int64_t)s->interval);
+    gk_put(w, (int64_t)s->epochs);
+    gk_put(w, (int64_t)s->window_all);
+    gk_put(w, (int64_t)s->batch_low);
+    gk_put(w, (int64_t)s->batch_high);
+    /* The state. */
+    gk_put(w, s->local_epochs);
+    gk_put(w, s->has_lr);
+    gk_put(w, s->lr_ref);
+    put_level(w, &s->model);
+    gk_put(w, s->model_round);
+    gk_put(w, s->batch);
+    gk_put(w, s->batch_step);
+    gk_put(w, (uint64_t)s->layers.n);
+    for (size_t i = 0; i < s->layers.n; i++) {
         const acc_layer *l = s->layers.items[i];
         uint64_t numel = l->acc ? l->numel : 0;
-        rc = GP_PUT(f, s->layers.ids[i]) || put_level(f, &l->lv) || GP_PUT(f, l->nchecks) ||
-                     GP_PUT(f, l->round) || GP_PUT(f, l->epochs) || GP_PUT(f, l->nacc) ||
-                     GP_PUT(f, l->prev_sq) || GP_PUT(f, l->last_sq) || GP_PUT(f, numel) ||
-                     (numel && gp_levels_put(f, l->acc, numel * sizeof(*l->acc)))
-                 ? GCOMP_IO
-                 : GCOMP_OK;
+        gk_put(w, s->layers.ids[i]);
+        put_level(w, &l->lv);
+        gk_put(w, l->nchecks);
+        gk_put(w, l->round);
+        gk_put(w, l->epochs);
+        gk_put(w, l->nacc);
+        gk_put(w, l->prev_sq);
+        gk_put(w, l->last_sq);
+        gk_put(w, numel);
+        gk_put_f32s(w, l->acc, numel);
     }
-    return rc;
+    return w->failed ? GCOMP_IO : GCOMP_OK;
+}
+
+static bool get_args(gk_reader *r, const acc_state *s)
+{
+    return gp_ckpt_arg_str(r, ACC_NAME, "codec", s->codec.codec->name) &&
+           gp_ckpt_arg_str(r, ACC_NAME, "param", s->param) &&
+           gp_ckpt_arg_f64(r, ACC_NAME, "low", s->low) &&
+           gp_ckpt_arg_f64(r, ACC_NAME, "high", s->high) &&
+           gp_ckpt_arg_i64(r, ACC_NAME, "interval", s->interval) &&
+           gp_ckpt_arg_i64(r, ACC_NAME, "epochs", s->epochs) &&
+           gp_ckpt_arg_i64(r, ACC_NAME, "window_all", s->window_all) &&
+           gp_ckpt_arg_i64(r, ACC_NAME, "batch_low", s->batch_low) &&
+           gp_ckpt_arg_i64(r, ACC_NAME, "batch_high", s->batch_high);
 }
 
 /* Read one layer record into a new item of m. */
-static int load_layer(gp_lmap *m, FILE *f)
+static bool load_layer(gk_reader *r, gp_lmap *m)
 {
-    uint32_t id;
-    uint64_t numel;
+    uint64_t id, numel;
     acc_layer *l = calloc(1, sizeof(*l));
     if (!l)
-        return GCOMP_NOMEM;
-    int rc = GP_GET(f, id) || get_level(f, &l->lv) || GP_GET(f, l->nchecks) ||
-                     GP_GET(f, l->round) || GP_GET(f, l->epochs) || GP_GET(f, l->nacc) ||
-                     GP_GET(f, l->prev_sq) || GP_GET(f, l->last_sq) || GP_GET(f, numel)
-                 ? GCOMP_IO
-                 : GCOMP_OK;
-    if (!rc && (numel > ((uint64_t)1 << 40) || gp_lmap_find(m, id)))
-        rc = GCOMP_INVALID;
-    if (!rc && numel) {
+        return gk_reader_fail(r, "out of memory");
+    bool ok = gk_get(r, &id) && get_level(r, &l->lv) && gk_get(r, &l->nchecks) &&
+              gk_get(r, &l->round) && gk_get(r, &l->epochs) && gk_get(r, &l->nacc) &&
+              gk_get(r, &l->prev_sq) && gk_get(r, &l->last_sq) && gk_get(r, &numel);
+    if (ok && gp_lmap_find(m, id))
+        ok = gk_reader_fail(r, "%s checkpoint: layer %#llx twice", ACC_NAME,
+                            (unsigned long long)id);
+    if (ok && (l->nchecks < 0 || l->nacc < 0))
+        ok = gk_reader_fail(r, "%s checkpoint: layer %#llx has %lld checks and %lld steps "
+                            "accumulated", ACC_NAME, (unsigned long long)id,
+                            (long long)l->nchecks, (long long)l->nacc);
+    if (ok && numel) {
         l->numel = numel;
-        l->acc = malloc(numel * sizeof(*l->acc));
-        rc = !l->acc ? GCOMP_NOMEM : gp_levels_get(f, l->acc, numel * sizeof(*l->acc));
+        ok = gp_ckpt_get_f32s_new(r, numel, &l->acc);
     }
-    if (!rc)
-        rc = gp_lmap_add(m, id, l);
-    if (rc)
+    if (ok && gp_lmap_add(m, id, l))
+        ok = gk_reader_fail(r, "out of memory");
+    if (!ok)
         layer_free(l);
-    return rc;
+    return ok;
 }
 
-static int acc_load(void *state, FILE *f)
+static int acc_load(void *state, gk_reader *r)
 {
     acc_state *s = state, t = *s;
-    char magic[8];
-    double fp[4], want[4];
-    uint64_t n;
-    fingerprint(s, want);
     memset(&t.layers, 0, sizeof(t.layers));
-    if (gp_levels_get(f, magic, 8) || memcmp(magic, ACC_MAGIC, 8) ||
-        gp_levels_get(f, fp, sizeof(fp)) || memcmp(fp, want, sizeof(fp)))
-        return GCOMP_INVALID;
-    int rc = GP_GET(f, t.local_epochs) || GP_GET(f, t.has_lr) || GP_GET(f, t.lr_ref) ||
-                     get_level(f, &t.model) || GP_GET(f, t.model_round) || GP_GET(f, t.batch) ||
-                     GP_GET(f, t.batch_step) || GP_GET(f, n)
-                 ? GCOMP_IO
-                 : GCOMP_OK;
-    if (!rc && n > UINT32_MAX)
-        rc = GCOMP_INVALID;
-    for (uint64_t i = 0; i < n && !rc; i++)
-        rc = load_layer(&t.layers, f);
-    if (rc) {
+    uint64_t n = 0;
+    bool ok = gk_get_tag(r, ACC_TAG, ACC_VERSION, NULL) && get_args(r, s) &&
+              gk_get(r, &t.local_epochs) && gk_get(r, &t.has_lr) && gk_get(r, &t.lr_ref) &&
+              get_level(r, &t.model) && gk_get(r, &t.model_round) && gk_get(r, &t.batch) &&
+              gk_get(r, &t.batch_step) && gp_ckpt_count(r, "layers", UINT32_MAX, &n);
+    if (ok && t.batch != s->batch_low && t.batch != s->batch_high)
+        ok = gk_reader_fail(r, "%s checkpoint: batch size %lld is neither batch_low nor "
+                            "batch_high", ACC_NAME, (long long)t.batch);
+    for (uint64_t i = 0; i < n && ok; i++)
+        ok = load_layer(r, &t.layers);
+    if (!ok) {
         gp_lmap_clear(&t.layers, layer_free);
-        return rc;
+        return gp_ckpt_status(r);
     }
     gp_lmap_clear(&s->layers, layer_free);
     *s = t;
@@ -571,7 +616,9 @@ const gp_policy gp_policy_accordion = {
                "change >= eta over an interval, or LR decay) and high elsewhere; batch advice",
     .keys = acc_keys,
     .spec_keys = acc_spec_keys,
+    .keys_help = "codec (powersgd); param (the codec's knob); low, high (rank 2/1, density 0.99/0.1; else required); eta (0.5); interval (10 steps) or epochs (F); window (last|all, last); lr_drop (0); batch_low, batch_high (no advice without them); batch_up_only (0)",
     .nstats = 2,
+    .collect_concurrent = true,
     .create = acc_create,
     .destroy = acc_destroy,
     .decide = acc_decide,

@@ -3,15 +3,22 @@
  * compression factor (CF, theta = dense size / compressed size) for the whole model,
  * chosen from the compression gain of two candidates and the measured throughput:
  *   gravac:codec=topk,min=10,max=1000,eps=0.7,omega=0.01,window=500,scaling=exp
- * A CF theta is the codec's density 1/theta. Layers the codec does not compress (the
- * engine's rule: fewer than 2 dimensions, fewer than min_elements elements, or the
- * codec's compresses() says no) are sent dense and count as exact in the gain.
+ * The codec is one whose compression knob is its density (gk_codec.knob "density":
+ * topk, dgc, redsync...): a CF theta is density 1/theta. Layers the codec does not
+ * compress (gk_spec_compresses(): fewer than 2 dimensions, fewer than min_elements
+ * elements, or the codec's compresses() says no) are sent dense and count as exact in
+ * the gain.
  *
  * Statistics. collect() compresses the EF-corrected input x locally (gk_codec_roundtrip)
  * to g_min = C(x, theta_min) and, multi-level, g_c = C(g_min, theta_s): the nonzero
  * entries of g_min (the compressed tensor) packed into a 1-D tensor and compressed at
  * density 1/theta_s, so g_c has CF theta_s * theta_min. It returns
- * [|x|^2, |g_min|^2, |g_c|^2]. For the dense layers all three are |x|^2.
+ * [|x|^2, |g_min|^2, |g_c|^2]. For the dense layers all three are |x|^2. Its buffers
+ * come from the worker's scratch arena and it only reads the policy's state, so it may
+ * run for several layers at once (collect_concurrent): observe(), the only writer of
+ * the state, never runs beside a collect(). The two compressions are the extra work
+ * GraVAC costs each step: the second one runs on the packed nonzeros only, and the
+ * arena is rewound between them so that they share its memory.
  *
  * Steps. GraVAC's gain is model-wide: observe() sums the three norms over all layers of
  * all buckets of one training step. A step is complete when a bucket step with a larger
@@ -31,8 +38,10 @@
  *    with |x| = 0 carries no information and is skipped: no 0/0).
  *  - T[CF] = Tsys * delta for the CF the step was sent with (dense: T[1] = Tsys), with
  *    Tsys = samples / step seconds (samples from the trainers' hints; without a samples
- *    hint 1 sample per step, and T is cleared when the unit changes). T[CF] is the mean
- *    over the steps of the latest window in which CF was sent.
+ *    hint 1 sample per step, and T is cleared when the unit changes). The step time is
+ *    the mean of the step's buckets' step_ms, each the slowest node's: the node that
+ *    paces the synchronous job, so Tsys is the job's throughput. T[CF] is the mean over
+ *    the steps of the latest window in which CF was sent.
  *  - From the end of the first window on, the CF of the next step is Algorithm 1's:
  *    theta_s * theta_min if delta_c >= eps, else theta_min if delta_min >= eps, else
  *    dense (which also clears the residual: the engine zeroes x on a codec change).
@@ -59,69 +68,79 @@
  *
  * Every input of a decision is one of the arguments or a number observe() received
  * (identical on every node), so every node decides alike.
+ *
+ * Checkpoint: record "GRVC" version 1: the arguments (codec, min, max, eps, omega,
+ * window, scaling), the step being collected, the live parameters and EWMAs, the regimes
+ * with their reasons and the throughput table, field by field.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt.h"
 #include "gcomp.h"
 #include "policy.h"
 
 #define GV_NAME "gravac"
+#define GV_TAG "GRVC"
+#define GV_VERSION 1
 #define GV_NSTATS 3
 #define GV_MAX_T 32
 #define GV_WHY 256
-#define GV_MAGIC 0x31434156415247ULL /* "GRAVAC1" */
+#define GV_KNOB "density" /* the knob a CF sets (as its inverse) */
 
 enum { GV_DENSE = 0, GV_MIN = 1, GV_C = 2 };
 
 /* What the steps from some step on use: the CF sent and the candidates measured. */
 typedef struct gv_regime {
-    int32_t kind;        /* GV_DENSE, GV_MIN or GV_C */
+    uint8_t kind;        /* GV_DENSE, GV_MIN or GV_C */
     double cf;           /* the CF sent: 1 when dense */
-    double theta_min;    /* the candidates collect() measures */
+    double theta_min;    /* the candidates collect() measures: theta_min and theta_s */
     double theta_s;
-    char why[GV_WHY];
+    char why[GV_WHY];    /* the reason, for the decision log */
 } gv_regime;
 
 /* An EWMA of one candidate's gain, tagged with the candidate it measures. */
 typedef struct gv_ewma {
-    int32_t valid;
-    double value;
-    double theta_min, theta_s; /* theta_s is 0 for delta_min */
+    uint8_t valid;       /* value holds a sample */
+    double value;        /* the smoothed gain */
+    double theta_min, theta_s; /* the candidate; theta_s is 0 for delta_min */
 } gv_ewma;
 
 /* The compression throughput of one CF: the mean over the steps of window `win`. */
 typedef struct gv_tput {
-    double cf;
-    double sum;
-    int64_t n;
-    int64_t win;
+    double cf;       /* the CF sent */
+    double sum;      /* Tsys * gain summed over the steps of window win */
+    int64_t n;       /* steps summed */
+    int64_t win;     /* the window index */
     int64_t touched; /* the completed-step count when last updated (for eviction) */
 } gv_tput;
 
-/* Everything that survives a checkpoint: plain numbers only. */
+/* The state (what a checkpoint keeps) and the arguments the rules read. */
 typedef struct gv_persist {
-    uint64_t magic;
-    /* The arguments, to refuse a checkpoint of another configuration. */
+    /* The arguments. */
     double arg_min, arg_max, arg_eps, arg_omega;
     int64_t arg_window;
-    int32_t arg_geo;
-    /* The step being collected. */
-    int32_t open;
+    uint8_t arg_geo;     /* scaling=geo; 0: exp */
+    /* The step being collected: its number and the sums over its bucket steps. */
+    uint8_t open;        /* a step is being collected */
     int64_t step;
-    double sx, smin, sc, ms_sum, samples;
-    int32_t ms_n, has_samples;
+    double sx, smin, sc; /* |x|^2, |g_min|^2, |g_c|^2 over all layers */
+    double ms_sum;       /* step_ms summed over the bucket steps that had one */
+    double samples;      /* the latest samples hint */
+    uint32_t ms_n;       /* bucket steps in ms_sum */
+    uint8_t has_samples; /* samples holds a hint */
     /* Completed steps and the live parameters. */
     int64_t nsteps;
     double theta_min, theta_s;
-    gv_ewma dmin, dc;
+    gv_ewma dmin, dc;    /* delta_min and delta_c */
     /* The regime before and from step `eff`. */
     gv_regime prev, cur;
     int64_t eff;
     /* Throughputs: unit 0 = steps per second, 1 = samples per second. */
-    int32_t t_unit, nt;
+    uint8_t t_unit;
+    uint32_t nt;         /* entries of t in use */
     gv_tput t[GV_MAX_T];
 } gv_persist;
 
@@ -129,11 +148,8 @@ typedef struct gv_state {
     gk_spec codec;   /* the codec as given (its density is replaced) */
     gk_spec dense;   /* "none" */
     double alpha;    /* EWMA smoothing factor */
-    uint64_t seed;
+    uint64_t seed;   /* the job's seed, for the codecs' shared randomness */
     gv_persist p;
-    /* Scratch for collect(). */
-    float *buf_min, *buf_pack, *buf_c;
-    size_t cap;
 } gv_state;
 
 static const char *const gv_keys[] = {"codec", "min", "max", "eps", "omega", "window",
@@ -149,27 +165,23 @@ static const gv_regime *gv_regime_at(const gv_state *s, int64_t step)
 /* The codec at CF theta. */
 static int gv_spec_cf(const gv_state *s, double theta, gk_spec *out)
 {
-    return gp_spec_with(&s->codec, "density", 1.0 / theta, out);
+    return gp_spec_with(&s->codec, GV_KNOB, 1.0 / theta, out);
 }
 
-/* Whether the engine compresses this layer under the codec (its rule, engine.c). */
-static bool gv_compressed(const gv_state *s, const gk_layer *g)
+/* Whether the codec's compression knob is its density. */
+static bool gv_knob_is_density(const gk_codec *c)
 {
-    const gk_codec *c = s->codec.codec;
-    return g->ndim >= 2 && (long)g->numel >= s->codec.min_elements &&
-           (!c->compresses || c->compresses(&s->codec, g));
+    return c->knob && strcmp(c->knob, GV_KNOB) == 0;
 }
 
-/* A list of the codecs with a density key, for error messages. */
+/* A list of the codecs whose knob is the density, for error messages. */
 static void gv_density_codecs(char *buf, size_t len)
 {
     size_t n = 0;
     buf[0] = '\0';
     for (int i = 0; i < gk_ncodecs && n < len; i++)
-        for (int j = 0; j < gk_codecs[i]->nparams; j++)
-            if (strcmp(gk_codecs[i]->params[j].key, "density") == 0 && n < len)
-                n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? ", " : "",
-                                      gk_codecs[i]->name);
+        if (gv_knob_is_density(gk_codecs[i]))
+            n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? ", " : "", gk_codecs[i]->name);
 }
 
 static int gv_create(const gp_args *a, const gp_env *env, void **state, char *err,
@@ -217,12 +229,13 @@ static int gv_create(const gp_args *a, const gp_env *env, void **state, char *er
         }
     }
     gk_spec probe;
-    if (!rc && (isnan(gk_spec_get(&s->codec, "density")) || gv_spec_cf(s, tmin, &probe) ||
+    if (!rc && (!gv_knob_is_density(s->codec.codec) || gv_spec_cf(s, tmin, &probe) ||
                 gv_spec_cf(s, tmax, &probe))) {
         char list[256];
         gv_density_codecs(list, sizeof(list));
         snprintf(err, errlen,
-                 "policy '%s': codec must be a density-based sparsifier (%s), not '%s'",
+                 "policy '%s': codec must be a density-based sparsifier (its compression knob "
+                 "the density: %s), not '%s'",
                  GV_NAME, list, codec);
         rc = GCOMP_INVALID;
     }
@@ -236,7 +249,6 @@ static int gv_create(const gp_args *a, const gp_env *env, void **state, char *er
     s->alpha = fmin(1.0, fmax(0.01, n / 100.0));
     s->seed = env->seed;
     gv_persist *p = &s->p;
-    p->magic = GV_MAGIC;
     p->arg_min = tmin;
     p->arg_max = tmax;
     p->arg_eps = eps;
@@ -256,13 +268,7 @@ static int gv_create(const gp_args *a, const gp_env *env, void **state, char *er
 
 static void gv_destroy(void *state)
 {
-    gv_state *s = state;
-    if (!s)
-        return;
-    free(s->buf_min);
-    free(s->buf_pack);
-    free(s->buf_c);
-    free(s);
+    free(state);
 }
 
 static int gv_decide(void *state, const gp_layer *layer, int64_t step, gk_spec *out, char *why,
@@ -270,17 +276,18 @@ static int gv_decide(void *state, const gp_layer *layer, int64_t step, gk_spec *
 {
     const gv_state *s = state;
     const gv_regime *r = gv_regime_at(s, step);
-    if (!gv_compressed(s, &layer->geom)) {
+    gk_spec sp;
+    int rc = gv_spec_cf(s, r->kind == GV_DENSE ? r->theta_min : r->cf, &sp);
+    if (rc)
+        return rc;
+    if (!gk_spec_compresses(&sp, &layer->geom)) {
         *out = s->dense;
         snprintf(why, whylen, "dense: %s does not compress this layer", s->codec.codec->name);
         return GCOMP_OK;
     }
     snprintf(why, whylen, "%s", r->why);
-    if (r->kind == GV_DENSE) {
-        *out = s->dense;
-        return GCOMP_OK;
-    }
-    return gv_spec_cf(s, r->cf, out);
+    *out = r->kind == GV_DENSE ? s->dense : sp;
+    return GCOMP_OK;
 }
 
 static double gv_norm2(const float *v, size_t n)
@@ -291,66 +298,57 @@ static double gv_norm2(const float *v, size_t n)
     return acc;
 }
 
-static int gv_reserve(gv_state *s, size_t n)
-{
-    if (n <= s->cap)
-        return GCOMP_OK;
-    float *a = realloc(s->buf_min, n * sizeof(float));
-    if (a)
-        s->buf_min = a;
-    float *b = realloc(s->buf_pack, n * sizeof(float));
-    if (b)
-        s->buf_pack = b;
-    float *c = realloc(s->buf_c, n * sizeof(float));
-    if (c)
-        s->buf_c = c;
-    if (!a || !b || !c)
-        return GCOMP_NOMEM;
-    s->cap = n;
-    return GCOMP_OK;
-}
-
 static int gv_collect(void *state, const gp_layer *layer, int64_t step, const float *g,
-                      const float *x, double *stats)
+                      const float *x, double *stats, const gk_exec *exec)
 {
     (void)g;
-    gv_state *s = state;
+    const gv_state *s = state;
     const gk_layer *geom = &layer->geom;
     const gv_regime *r = gv_regime_at(s, step);
     double nx = gv_norm2(x, geom->numel);
     stats[0] = stats[1] = stats[2] = nx;
-    if (!gv_compressed(s, geom))
-        return GCOMP_OK;
     gk_spec smin, sc;
     int rc = gv_spec_cf(s, r->theta_min, &smin);
-    if (!rc)
-        rc = gv_reserve(s, geom->numel);
-    if (!rc)
-        rc = gk_codec_roundtrip(&smin, geom, x, s->buf_min, s->seed, (uint64_t)step, NULL);
+    if (rc || !gk_spec_compresses(&smin, geom))
+        return rc;
+    gk_exec host = gp_exec_host(exec);
+    gk_arena *a = host.scratch;
+    float *buf_min = gk_arena_alloc(a, geom->numel * sizeof(float));
+    if (!buf_min)
+        return GCOMP_NOMEM;
+    gk_arena_mark mark = gk_arena_mark_get(a);
+    rc = gk_codec_roundtrip(&smin, geom, x, buf_min, s->seed, (uint64_t)step, NULL, &host);
     if (rc)
         return rc;
-    stats[1] = gv_norm2(s->buf_min, geom->numel);
+    stats[1] = gv_norm2(buf_min, geom->numel);
     if (r->theta_s <= 1.0) {
         stats[2] = stats[1];
         return GCOMP_OK;
     }
-    /* Multi-level: compress the compressed tensor (its nonzero entries) by theta_s. */
+    /* Multi-level: compress the compressed tensor (its nonzero entries) by theta_s, in the
+       arena's memory the first compression's temporaries held. */
+    gk_arena_release(a, mark);
     size_t nnz = 0;
     for (size_t i = 0; i < geom->numel; i++)
-        if (s->buf_min[i] != 0.0f)
-            s->buf_pack[nnz++] = s->buf_min[i];
+        nnz += buf_min[i] != 0.0f;
     if (nnz == 0) {
         stats[2] = 0;
         return GCOMP_OK;
     }
+    float *pack = gk_arena_alloc(a, nnz * sizeof(float));
+    float *out = gk_arena_alloc(a, nnz * sizeof(float));
+    if (!pack || !out)
+        return GCOMP_NOMEM;
+    for (size_t i = 0, k = 0; i < geom->numel; i++)
+        if (buf_min[i] != 0.0f)
+            pack[k++] = buf_min[i];
     gk_layer packed = {.id = geom->id, .ndim = 1, .rows = nnz, .cols = 1, .numel = nnz};
     rc = gv_spec_cf(s, r->theta_s, &sc);
     if (!rc)
-        rc = gk_codec_roundtrip(&sc, &packed, s->buf_pack, s->buf_c, s->seed, (uint64_t)step,
-                                NULL);
+        rc = gk_codec_roundtrip(&sc, &packed, pack, out, s->seed, (uint64_t)step, NULL, &host);
     if (rc)
         return rc;
-    stats[2] = gv_norm2(s->buf_c, nnz);
+    stats[2] = gv_norm2(out, nnz);
     return GCOMP_OK;
 }
 
@@ -375,7 +373,7 @@ static bool gv_ewma_is(const gv_ewma *e, double tm, double ts)
 static void gv_tput_add(gv_persist *p, double cf, double value, int64_t win)
 {
     gv_tput *t = NULL;
-    for (int i = 0; i < p->nt && !t; i++)
+    for (uint32_t i = 0; i < p->nt && !t; i++)
         if (p->t[i].cf == cf)
             t = &p->t[i];
     if (!t && p->nt < GV_MAX_T)
@@ -383,7 +381,7 @@ static void gv_tput_add(gv_persist *p, double cf, double value, int64_t win)
     if (!t) {
         /* Full: the entry updated least recently gives way. */
         t = &p->t[0];
-        for (int i = 1; i < p->nt; i++)
+        for (uint32_t i = 1; i < p->nt; i++)
             if (p->t[i].touched < t->touched)
                 t = &p->t[i];
     }
@@ -420,7 +418,7 @@ static void gv_check(gv_state *s, char *ev, size_t evlen)
     p->theta_s = gv_cap(p, ts);
     /* 3. Throughput saturation: the two largest T within omega -> the lower CF. */
     const gv_tput *a = NULL, *b = NULL;
-    for (int i = 0; i < p->nt; i++) {
+    for (uint32_t i = 0; i < p->nt; i++) {
         const gv_tput *t = &p->t[i];
         if (t->n == 0)
             continue;
@@ -499,7 +497,7 @@ static void gv_finish_step(gv_state *s, int64_t next)
     /* The throughput of the CF this step was sent with. */
     double ms = p->ms_n ? p->ms_sum / p->ms_n : 0;
     if (ms > 0) {
-        int32_t unit = p->has_samples && p->samples > 0;
+        uint8_t unit = p->has_samples && p->samples > 0;
         if (unit != p->t_unit) {
             p->nt = 0;
             p->t_unit = unit;
@@ -557,25 +555,111 @@ static int gv_observe(void *state, const gp_step_info *info)
     return GCOMP_OK;
 }
 
-static int gv_save(void *state, FILE *f)
+static void gv_put_regime(gk_writer *w, const gv_regime *r)
 {
-    const gv_state *s = state;
-    return fwrite(&s->p, sizeof(s->p), 1, f) == 1 ? GCOMP_OK : GCOMP_IO;
+    gk_put(w, r->kind);
+    gk_put(w, r->cf);
+    gk_put(w, r->theta_min);
+    gk_put(w, r->theta_s);
+    gk_put_str(w, r->why);
 }
 
-static int gv_load(void *state, FILE *f)
+static bool gv_get_regime(gk_reader *r, gv_regime *g)
+{
+    if (!(gk_get(r, &g->kind) && gk_get(r, &g->cf) && gk_get(r, &g->theta_min) &&
+          gk_get(r, &g->theta_s) && gk_get_str(r, g->why, sizeof(g->why))))
+        return false;
+    if (g->kind > GV_C || !(g->cf >= 1) || !(g->theta_min >= 1) || !(g->theta_s >= 1))
+        return gk_reader_fail(r, "%s checkpoint: regime %u with CF %g (theta_min %g, theta_s "
+                              "%g) out of range", GV_NAME, g->kind, g->cf, g->theta_min,
+                              g->theta_s);
+    return true;
+}
+
+static void gv_put_ewma(gk_writer *w, const gv_ewma *e)
+{
+    gk_put(w, e->valid);
+    gk_put(w, e->value);
+    gk_put(w, e->theta_min);
+    gk_put(w, e->theta_s);
+}
+
+static bool gv_get_ewma(gk_reader *r, gv_ewma *e)
+{
+    return gk_get(r, &e->valid) && gk_get(r, &e->value) && gk_get(r, &e->theta_min) &&
+           gk_get(r, &e->theta_s);
+}
+
+static int gv_save(void *state, gk_writer *w)
+{
+    const gv_state *s = state;
+    const gv_persist *p = &s->p;
+    gk_put_tag(w, GV_TAG, GV_VERSION);
+    gk_put_str(w, s->codec.codec->name);
+    gk_put(w, p->arg_min);
+    gk_put(w, p->arg_max);
+    gk_put(w, p->arg_eps);
+    gk_put(w, p->arg_omega);
+    gk_put(w, p->arg_window);
+    gk_put_str(w, p->arg_geo ? "geo" : "exp");
+    gk_put(w, p->open);
+    gk_put(w, p->step);
+    gk_put(w, p->sx);
+    gk_put(w, p->smin);
+    gk_put(w, p->sc);
+    gk_put(w, p->ms_sum);
+    gk_put(w, p->samples);
+    gk_put(w, p->ms_n);
+    gk_put(w, p->has_samples);
+    gk_put(w, p->nsteps);
+    gk_put(w, p->theta_min);
+    gk_put(w, p->theta_s);
+    gv_put_ewma(w, &p->dmin);
+    gv_put_ewma(w, &p->dc);
+    gv_put_regime(w, &p->prev);
+    gv_put_regime(w, &p->cur);
+    gk_put(w, p->eff);
+    gk_put(w, p->t_unit);
+    gk_put(w, p->nt);
+    for (uint32_t i = 0; i < p->nt; i++) {
+        gk_put(w, p->t[i].cf);
+        gk_put(w, p->t[i].sum);
+        gk_put(w, p->t[i].n);
+        gk_put(w, p->t[i].win);
+        gk_put(w, p->t[i].touched);
+    }
+    return w->failed ? GCOMP_IO : GCOMP_OK;
+}
+
+static int gv_load(void *state, gk_reader *r)
 {
     gv_state *s = state;
-    gv_persist q;
-    if (fread(&q, sizeof(q), 1, f) != 1)
-        return GCOMP_IO;
     const gv_persist *p = &s->p;
-    if (q.magic != GV_MAGIC || q.arg_min != p->arg_min || q.arg_max != p->arg_max ||
-        q.arg_eps != p->arg_eps || q.arg_omega != p->arg_omega ||
-        q.arg_window != p->arg_window || q.arg_geo != p->arg_geo || q.nt < 0 ||
-        q.nt > GV_MAX_T || !(q.theta_min >= 1) || !(q.theta_s >= 1))
-        return GCOMP_INVALID;
-    q.prev.why[GV_WHY - 1] = q.cur.why[GV_WHY - 1] = '\0';
+    gv_persist q = *p; /* the arguments stay; the state is read over them */
+    bool ok = gk_get_tag(r, GV_TAG, GV_VERSION, NULL) &&
+              gp_ckpt_arg_str(r, GV_NAME, "codec", s->codec.codec->name) &&
+              gp_ckpt_arg_f64(r, GV_NAME, "min", p->arg_min) &&
+              gp_ckpt_arg_f64(r, GV_NAME, "max", p->arg_max) &&
+              gp_ckpt_arg_f64(r, GV_NAME, "eps", p->arg_eps) &&
+              gp_ckpt_arg_f64(r, GV_NAME, "omega", p->arg_omega) &&
+              gp_ckpt_arg_i64(r, GV_NAME, "window", p->arg_window) &&
+              gp_ckpt_arg_str(r, GV_NAME, "scaling", p->arg_geo ? "geo" : "exp") &&
+              gk_get(r, &q.open) && gk_get(r, &q.step) && gk_get(r, &q.sx) &&
+              gk_get(r, &q.smin) && gk_get(r, &q.sc) && gk_get(r, &q.ms_sum) &&
+              gk_get(r, &q.samples) && gk_get(r, &q.ms_n) && gk_get(r, &q.has_samples) &&
+              gk_get(r, &q.nsteps) && gk_get(r, &q.theta_min) && gk_get(r, &q.theta_s) &&
+              gv_get_ewma(r, &q.dmin) && gv_get_ewma(r, &q.dc) &&
+              gv_get_regime(r, &q.prev) && gv_get_regime(r, &q.cur) && gk_get(r, &q.eff) &&
+              gk_get(r, &q.t_unit) && gk_get(r, &q.nt);
+    if (ok && (q.nt > GV_MAX_T || !(q.theta_min >= 1) || !(q.theta_s >= 1) || q.nsteps < 0))
+        ok = gk_reader_fail(r, "%s checkpoint: %u throughputs (at most %d), theta_min %g, "
+                            "theta_s %g, %lld steps", GV_NAME, q.nt, GV_MAX_T, q.theta_min,
+                            q.theta_s, (long long)q.nsteps);
+    for (uint32_t i = 0; ok && i < q.nt; i++)
+        ok = gk_get(r, &q.t[i].cf) && gk_get(r, &q.t[i].sum) && gk_get(r, &q.t[i].n) &&
+             gk_get(r, &q.t[i].win) && gk_get(r, &q.t[i].touched);
+    if (!ok)
+        return gp_ckpt_status(r);
     s->p = q;
     return GCOMP_OK;
 }
@@ -586,7 +670,9 @@ const gp_policy gp_policy_gravac = {
                "gain stays above eps, capped where the throughput saturates",
     .keys = gv_keys,
     .spec_keys = gv_spec_keys,
+    .keys_help = "codec (topk; its knob must be density); min (10), max (1000): CF range; eps (0.7); omega (0.01); window (500 steps); scaling (exp|geo, exp)",
     .nstats = GV_NSTATS,
+    .collect_concurrent = true,
     .create = gv_create,
     .destroy = gv_destroy,
     .decide = gv_decide,

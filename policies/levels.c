@@ -6,19 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/grow.h"
 #include "gcomp.h"
 #include "levels.h"
-
-const char *gp_levels_default_param(const gk_codec *c)
-{
-    if (strncmp(c->name, "powersgd", 8) == 0)
-        return "rank";
-    if (strcmp(c->name, "maxmin") == 0)
-        return "bits";
-    if (strcmp(c->name, "qsgd") == 0)
-        return "levels";
-    return "density";
-}
 
 const gk_param_desc *gp_levels_param(const gk_codec *c, const char *key)
 {
@@ -36,12 +26,17 @@ int gp_levels_codec(const char *policy, const char *codec_text, const char *para
         snprintf(err, errlen, "policy '%s': codec: %s", policy, msg);
         return GCOMP_INVALID;
     }
-    const char *key = param_key ? param_key : gp_levels_default_param(codec->codec);
-    if (!gp_levels_param(codec->codec, key) || strlen(key) >= paramlen) {
-        size_t n = (size_t)snprintf(err, errlen, "policy '%s': param: codec '%s' has no parameter "
-                                    "'%s'%s; its parameters: ", policy, codec->codec->name, key,
-                                    param_key ? "" : " (the default)");
-        const gk_codec *c = codec->codec;
+    const gk_codec *c = codec->codec;
+    const char *key = param_key ? param_key : c->knob;
+    if (!key || !gp_levels_param(c, key) || strlen(key) >= paramlen) {
+        if (key)
+            snprintf(err, errlen, "policy '%s': param: codec '%s' has no parameter '%s'; its "
+                     "parameters: ", policy, c->name, key);
+        else
+            snprintf(err, errlen, "policy '%s': param: codec '%s' has no compression knob, so "
+                     "param= must name the parameter to move; its parameters: ", policy,
+                     c->name);
+        size_t n = strlen(err);
         for (int i = 0; i < c->nparams && n < errlen; i++)
             n += (size_t)snprintf(err + n, errlen - n, "%s%s", i ? ", " : "", c->params[i].key);
         if (n < errlen)
@@ -70,12 +65,14 @@ int gp_levels_value(const char *policy, const char *key, const char *val, const 
     return GCOMP_OK;
 }
 
-static size_t slot_of(uint32_t id, size_t hcap)
+/* Fibonacci hashing: the high bits of id times 2^64 / phi, so that ids that differ only
+   in the bucket number (the upper 32 bits) spread as well as the layer indices. */
+static size_t slot_of(uint64_t id, size_t hcap)
 {
-    return (size_t)((id * 2654435761u) & (uint32_t)(hcap - 1));
+    return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & (hcap - 1);
 }
 
-void *gp_lmap_find(const gp_lmap *m, uint32_t id)
+void *gp_lmap_find(const gp_lmap *m, uint64_t id)
 {
     if (!m->hcap)
         return NULL;
@@ -106,21 +103,21 @@ static int rehash(gp_lmap *m, size_t hcap)
     return GCOMP_OK;
 }
 
-int gp_lmap_add(gp_lmap *m, uint32_t id, void *item)
+int gp_lmap_add(gp_lmap *m, uint64_t id, void *item)
 {
     if (m->n >= UINT32_MAX - 1)
         return GCOMP_LIMIT;
     if (m->n == m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 16;
-        uint32_t *ids = realloc(m->ids, cap * sizeof(*ids));
+        size_t cap_ids = m->cap, cap_items = m->cap;
+        uint64_t *ids = gk_grow(m->ids, &cap_ids, m->n + 1, sizeof(*ids));
         if (!ids)
             return GCOMP_NOMEM;
         m->ids = ids;
-        void **items = realloc(m->items, cap * sizeof(*items));
+        void **items = gk_grow(m->items, &cap_items, m->n + 1, sizeof(*items));
         if (!items)
             return GCOMP_NOMEM;
         m->items = items;
-        m->cap = cap;
+        m->cap = cap_ids < cap_items ? cap_ids : cap_items;
     }
     if (2 * (m->n + 1) > m->hcap && rehash(m, m->hcap ? m->hcap * 2 : 32))
         return GCOMP_NOMEM;
@@ -142,14 +139,4 @@ void gp_lmap_clear(gp_lmap *m, void (*free_item)(void *))
     free(m->items);
     free(m->slots);
     memset(m, 0, sizeof(*m));
-}
-
-int gp_levels_put(FILE *f, const void *p, size_t n)
-{
-    return fwrite(p, 1, n, f) == n ? GCOMP_OK : GCOMP_IO;
-}
-
-int gp_levels_get(FILE *f, void *p, size_t n)
-{
-    return fread(p, 1, n, f) == n ? GCOMP_OK : GCOMP_IO;
 }

@@ -15,13 +15,22 @@
  *    (0 on one node: nothing is exchanged, so compression never pays);
  *  - encode and decode times and allgather sizes: collect() runs every candidate on
  *    every layer's x (encode and decode timed per phase) every `probe` steps of the
- *    bucket, starting with the last warmup step; the engine averages them over nodes;
- *  - allreduce sizes: the codec's max_bytes (exact for allreduce phases);
+ *    bucket, starting with the last warmup step; the engine averages them over nodes.
+ *    collect() runs on the engine's worker threads, for several layers at once
+ *    (collect_concurrent: it reads the bucket that decide() made and writes only its
+ *    stats, its buffers from the worker's arena), so a timing can include the wait
+ *    for a core that another worker holds, as the engine's own encodes do;
+ *  - allreduce sizes: gk_payload_bytes (exact for allreduce phases), per step on
+ *    average (gp_payload_mean: powersgd_unbiased sends P and Q in turn);
  *  - T_comp, the compute time of an iteration: the model inverted on each measured round
  *    of buckets. With one bucket it is step_ms - exchange_ms, the training iteration
  *    minus the exchange. This is an approximation: step_ms is the time between two
  *    ready steps of the bucket, so it also holds the negotiation's wait and the trainers'
- *    time to read the result, which count as compute. Rounds in which a bucket probed the
+ *    time to read the result, which count as compute. step_ms and exchange_ms are each
+ *    the slowest node's (possibly two different nodes), so T_comp is the slowest node's
+ *    iteration minus the slowest exchange: the compute of the node that paces the job
+ *    when one node is slow throughout, an underestimate when the slowest iteration and
+ *    the slowest exchange belong to different nodes. Rounds in which a bucket probed the
  *    codecs, and the round after (whose step_ms holds the probe), are left out; T_comp is
  *    the median of the last GP_PERF_WINDOW rounds. With several buckets the inversion
  *    assumes the dense exchanges but the last one's overlap the backward pass; where the
@@ -37,6 +46,9 @@
  * ring allreduce, 2 alpha (p-1) + 2 b (p-1) / (p BW); a compressed bucket pays its
  * still-dense layers' allreduce and one collective per phase, allreduce or allgather
  * (alpha (p-1) + b (p-1) / BW), and allgather decodes take p times their one-node time.
+ * An allgather phase whose payloads vary in size (gk_payload_fixed() false) is preceded
+ * by the exchange of the sizes, an allgather of 8 bytes per node; fixed-size ones skip it,
+ * as the engine does.
  * With one bucket that is the paper's syncSGD max(gamma T_comp, 0) + T_comm(b) with gamma
  * 1 (nothing overlaps) and its compressed T_comp + T_encode_decode + T_comm(b').
  *
@@ -45,7 +57,12 @@
  * (none on ties) if it beats the current one by more than GP_PERF_HYSTERESIS; it applies
  * from the next decide(). The reason logged reads "predicted 12.3 ms (none 20.1 ms),
  * measured last step 13.0 ms". Everything decided comes from the averaged statistics and
- * env, identical on every node. Query: "whatif --nodes P --bandwidth B [--latency-us L]".
+ * env, identical on every node. Query: "whatif --nodes P --bandwidth B [--latency-us L]",
+ * B with a unit (10gbit, 25gbps, 1.25GB/s...).
+ *
+ * Checkpoint: record "PERF" version 1: the arguments (the candidates' canonical texts,
+ * gamma), the rounds and T_comp samples, then per bucket in first-seen order its name,
+ * choice and reason, measurements, layers (id and shape) and probe statistics.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -55,9 +72,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
+#include "base/clock.h"
+#include "base/grow.h"
+#include "ckpt.h"
 #include "gcomp.h"
+#include "base/json.h"
 #include "perfmodel.h"
 #include "policy.h"
 
@@ -69,6 +89,11 @@
 #define GP_PERF_HYSTERESIS 0.05
 /* Passes of the per-bucket search whatif makes for its best configuration. */
 #define GP_PERF_PASSES 8
+/* The bytes each node contributes to the exchange of sizes before a variable-size
+   allgather. */
+#define GP_PERF_SIZE_BYTES 8.0
+#define GP_PERF_TAG "PERF"
+#define GP_PERF_VERSION 1
 
 /* ---- the model ---- */
 
@@ -106,13 +131,6 @@ double gp_perf_compute_ms(double step_ms, double gamma, double overlapped_ms,
     return fmax(0.0, (step_ms - serial_ms) / g);
 }
 
-bool gp_perf_compresses(const gk_spec *spec, const gk_layer *layer)
-{
-    const gk_codec *c = spec->codec;
-    return layer->ndim >= 2 && (long)layer->numel >= spec->min_elements &&
-           (!c->compresses || c->compresses(spec, layer));
-}
-
 static double align8(double bytes)
 {
     return ceil(bytes / 8.0) * 8.0;
@@ -125,26 +143,24 @@ void gp_perf_bucket_cost(const gk_layer *layers, int nlayers, const gk_spec *spe
     *out = (gp_perf_cost){0};
     double dense = 0, ag_bytes = 0, ar_bytes[16] = {0};
     bool any_ag = false;
-    const gk_codec *c = spec ? spec->codec : NULL;
-    int nph = c && c->nphases ? c->nphases(spec) : 1;
+    int nph = spec ? gk_spec_nphases(spec) : 1;
     if (nph > 16)
         nph = 16;
     for (int l = 0; l < nlayers; l++) {
         const gk_layer *g = &layers[l];
-        if (!c || !gp_perf_compresses(spec, g)) {
+        if (!spec || !gk_spec_compresses(spec, g)) {
             dense += (double)g->numel * sizeof(float);
             continue;
         }
         out->ncompressed++;
         const double *st = stats ? stats + (size_t)l * stride : NULL;
         for (int p = 0; p < nph; p++) {
-            gk_coll coll = c->phase_coll ? c->phase_coll(spec, p) : GK_COLL_ALLREDUCE_F32;
-            if (coll == GK_COLL_ALLGATHER) {
+            if (gk_spec_coll(spec, p) == GK_COLL_ALLGATHER) {
                 any_ag = true;
                 if (!st)
-                    ag_bytes += align8((double)c->max_bytes(spec, g, p));
+                    ag_bytes += align8(gp_payload_mean(spec, g, p));
             } else {
-                ar_bytes[p] += (double)c->max_bytes(spec, g, p);
+                ar_bytes[p] += gp_payload_mean(spec, g, p);
             }
         }
         if (st) {
@@ -156,90 +172,122 @@ void gp_perf_bucket_cost(const gk_layer *layers, int nlayers, const gk_spec *spe
     out->comm_ms = gp_perf_predict_allreduce_ms(dense, nodes, alpha_ms, bw_bytes_ms);
     out->sent_bytes = dense + ag_bytes;
     if (out->ncompressed > 0) {
-        int n_ag = 0;
+        int n_ag = 0, n_sizes = 0;
         for (int p = 0; p < nph; p++) {
-            gk_coll coll = c->phase_coll ? c->phase_coll(spec, p) : GK_COLL_ALLREDUCE_F32;
-            if (coll == GK_COLL_ALLGATHER) {
+            if (gk_spec_coll(spec, p) == GK_COLL_ALLGATHER) {
                 n_ag++;
+                n_sizes += !gk_payload_fixed(spec, p);
             } else {
                 out->comm_ms += gp_perf_predict_allreduce_ms(ar_bytes[p], nodes, alpha_ms,
                                                              bw_bytes_ms);
                 out->sent_bytes += ar_bytes[p];
             }
         }
-        /* One allgather per phase: the latency per phase, the bytes summed over them. */
+        /* One allgather per phase: the latency per phase, the bytes summed over them; and
+           the exchange of sizes before each variable-size one. */
         if (any_ag && nodes > 1)
             out->comm_ms += n_ag * alpha_ms * (nodes - 1) +
-                            gp_perf_predict_allgather_ms(ag_bytes, nodes, 0.0, bw_bytes_ms);
+                            gp_perf_predict_allgather_ms(ag_bytes, nodes, 0.0, bw_bytes_ms) +
+                            n_sizes * gp_perf_predict_allgather_ms(GP_PERF_SIZE_BYTES, nodes,
+                                                                   alpha_ms, bw_bytes_ms);
     }
+}
+
+/* The bandwidth units whatif accepts, as bytes per second per unit. The b or B that
+   tells bits from bytes (before "/s" or "ps") is matched exactly, so that "GBps" is not
+   read as gigabits; every other letter in any case ("1GBit", "25Gbps"). */
+static const struct {
+    const char *unit;
+    double bytes_s;
+} bw_units[] = {
+    {"kbit", 1e3 / 8}, {"mbit", 1e6 / 8}, {"gbit", 1e9 / 8}, {"tbit", 1e12 / 8},
+    {"kbps", 1e3 / 8}, {"mbps", 1e6 / 8}, {"gbps", 1e9 / 8}, {"tbps", 1e12 / 8},
+    {"kb/s", 1e3 / 8}, {"mb/s", 1e6 / 8}, {"gb/s", 1e9 / 8}, {"tb/s", 1e12 / 8},
+    {"B/s", 1},        {"kB/s", 1e3},     {"MB/s", 1e6},     {"GB/s", 1e9},
+    {"TB/s", 1e12},
+};
+
+static bool unit_is(const char *text, const char *unit)
+{
+    size_t n = strlen(unit);
+    if (strlen(text) != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        bool exact = (unit[i] == 'b' || unit[i] == 'B') && (unit[i + 1] == '/' ||
+                                                             unit[i + 1] == 'p');
+        if (exact ? text[i] != unit[i]
+                  : tolower((unsigned char)text[i]) != tolower((unsigned char)unit[i]))
+            return false;
+    }
+    return true;
+}
+
+size_t gp_perf_bandwidth_units(char *buf, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof(bw_units) / sizeof(bw_units[0]); i++)
+        n += (size_t)snprintf(buf + (n < len ? n : len), n < len ? len - n : 0, "%s%s",
+                              i ? ", " : "", bw_units[i].unit);
+    return n;
 }
 
 int gp_perf_parse_bandwidth(const char *text, double *bytes_ms)
 {
-    static const struct {
-        const char *unit;
-        double bits;
-    } units[] = {{"kbit", 1e3}, {"kbps", 1e3}, {"mbit", 1e6}, {"mbps", 1e6},
-                 {"gbit", 1e9}, {"gbps", 1e9}, {"tbit", 1e12}, {"tbps", 1e12}};
-    if (!text)
+    if (!text || isspace((unsigned char)*text))
         return GCOMP_INVALID;
     char *end;
     errno = 0;
     double v = strtod(text, &end);
-    if (errno || end == text || !isfinite(v) || v <= 0 || isspace((unsigned char)*text))
+    if (errno || end == text || !isfinite(v) || v <= 0)
         return GCOMP_INVALID;
-    double bytes_s;
-    if (*end == '\0') {
-        bytes_s = v;
-    } else {
-        size_t i = 0, n = sizeof(units) / sizeof(units[0]);
-        while (i < n && strcasecmp(end, units[i].unit) != 0)
-            i++;
-        if (i == n)
-            return GCOMP_INVALID;
-        bytes_s = v * units[i].bits / 8.0;
-    }
-    if (!isfinite(bytes_s))
-        return GCOMP_INVALID;
-    *bytes_ms = bytes_s / 1e3;
-    return GCOMP_OK;
+    for (size_t i = 0; i < sizeof(bw_units) / sizeof(bw_units[0]); i++)
+        if (unit_is(end, bw_units[i].unit)) {
+            double bytes_s = v * bw_units[i].bytes_s;
+            if (!isfinite(bytes_s))
+                return GCOMP_INVALID;
+            *bytes_ms = bytes_s / 1e3;
+            return GCOMP_OK;
+        }
+    return GCOMP_INVALID; /* no unit (a bare number) or an unknown one */
 }
 
 /* ---- the policy's state ---- */
 
 typedef struct perf_bucket {
-    char *name;
-    long count;        /* steps observed */
+    char *name;        /* the bucket's name (gp_layer.bucket) */
+    int64_t count;     /* steps observed */
     int choice;        /* 0: none; i + 1: candidate i */
     bool has_probe;    /* stats hold a probe's numbers */
     bool meas_dense;   /* the last observed step sent every layer dense */
-    double step_ms;    /* the last observed step's */
-    double exchange_ms;
+    double step_ms;    /* the last observed step's (the slowest node's) */
+    double exchange_ms; /* the last observed step's exchange (the slowest node's) */
     double predicted;  /* the model's step time for the current choice (0: none yet) */
-    int nlayers;
-    gk_layer *geom;    /* [nlayers] */
+    int nlayers;       /* layers of geom */
+    gk_layer *geom;    /* [nlayers]: the layers as the last observed step had them */
     double *stats;     /* [nlayers][ncand][GP_PERF_NSTAT], averaged over the nodes */
-    char why[256];
+    char why[256];     /* the reason for the choice, for the decision log */
 } perf_bucket;
 
 typedef struct perf_state {
-    int ncand;
+    int ncand;                                   /* candidates besides none */
     gk_spec cand[GP_PERF_MAX_CANDIDATES];
-    char cand_text[GP_PERF_MAX_CANDIDATES][160];
+    char cand_text[GP_PERF_MAX_CANDIDATES][160]; /* their canonical specs */
     gk_spec none;
-    double gamma;
-    long probe, warmup;
-    gp_env env;
-    int nbuckets, capbuckets;
+    double gamma;       /* the backward pass's slowdown under overlapping communication */
+    long probe, warmup; /* steps between codec timings; dense steps before deciding */
+    gp_env env;         /* the job and the measured network */
+    int nbuckets;         /* buckets in use */
+    size_t capbuckets;    /* buckets allocated */
     perf_bucket *buckets; /* in the order first seen, identical on every node */
-    long rounds;          /* observations of the last bucket */
-    long probe_round;     /* the round of the latest probe */
-    long ntcomp;          /* T_comp samples taken; the last GP_PERF_WINDOW kept */
+    int64_t rounds;       /* observations of the last bucket */
+    int64_t probe_round;  /* the round of the latest probe */
+    int64_t ntcomp;       /* T_comp samples taken; the last GP_PERF_WINDOW kept */
     double tcomp[GP_PERF_WINDOW];
 } perf_state;
 
 static const char *const perf_keys[] = {"candidate", "gamma", "probe", "warmup", NULL};
 static const char *const perf_spec_keys[] = {"candidate", NULL};
+static const char *const perf_multi_keys[] = {"candidate", NULL};
 
 static int add_candidate(perf_state *s, const char *text, char *err, size_t errlen)
 {
@@ -249,7 +297,7 @@ static int add_candidate(perf_state *s, const char *text, char *err, size_t errl
         snprintf(err, errlen, "policy 'perfmodel': candidate '%s': %s", text, e);
         return GCOMP_INVALID;
     }
-    if (strcmp(spec.codec->name, "none") == 0)
+    if (spec.codec == s->none.codec)
         return GCOMP_OK; /* none is always a candidate */
     for (int i = 0; i < s->ncand; i++)
         if (s->cand[i].codec == spec.codec && s->cand[i].ef == spec.ef &&
@@ -339,20 +387,18 @@ static int find_bucket(const perf_state *s, const char *name)
     return -1;
 }
 
-/* The bucket's index, added (dense, no layers yet) when new; -1 when out of memory. */
+/* The bucket's index, added (dense, no layers yet) when new; -1 when out of memory. Not
+   for collect(): it may move every bucket. */
 static int bucket_of(perf_state *s, const char *name)
 {
     int i = find_bucket(s, name);
     if (i >= 0)
         return i;
-    if (s->nbuckets == s->capbuckets) {
-        int cap = s->capbuckets ? 2 * s->capbuckets : 8;
-        perf_bucket *nb = realloc(s->buckets, (size_t)cap * sizeof(*nb));
-        if (!nb)
-            return -1;
-        s->buckets = nb;
-        s->capbuckets = cap;
-    }
+    perf_bucket *nb = gk_grow(s->buckets, &s->capbuckets, (size_t)s->nbuckets + 1,
+                              sizeof(*nb));
+    if (!nb)
+        return -1;
+    s->buckets = nb;
     perf_bucket *b = &s->buckets[s->nbuckets];
     *b = (perf_bucket){.name = strdup(name), .meas_dense = true};
     if (!b->name)
@@ -369,64 +415,52 @@ static bool is_probe(const perf_state *s, long count)
     return count >= first && (count - first) % s->probe == 0;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
-
-/* Run the codec on a copy of x as the only node, with a fresh state, timing encode and
-   decode of every phase: st gets GP_PERF_NSTAT numbers. */
+/* Run the codec's CPU implementation on a copy of x as the only node, with a fresh
+   state, timing encode and decode of every phase: st gets GP_PERF_NSTAT numbers. The
+   buffers, and the codec's temporaries, come from exec's arena. */
 static int time_codec(const perf_state *s, const gk_spec *spec, const gk_layer *layer,
-                      const float *x, int64_t step, double *st)
+                      const float *x, int64_t step, double *st, const gk_exec *exec)
 {
     const gk_codec *c = spec->codec;
-    const gk_codec_impl *impl = gk_codec_impl_of(c);
-    int nph = c->nphases ? c->nphases(spec) : 1, rc = GCOMP_OK;
+    const gk_codec_impl *impl = gk_codec_impl_of(c, GK_BACKEND_CPU);
+    gk_exec host = gp_exec_host(exec);
+    int nph = gk_spec_nphases(spec), rc = GCOMP_OK;
     size_t maxb = 1;
     for (int p = 0; p < nph; p++) {
-        size_t m = c->max_bytes(spec, layer, p);
+        size_t m = gk_payload_bytes(spec, layer, p, (uint64_t)step);
         maxb = m > maxb ? m : maxb;
     }
     void *state = NULL;
-    float *in = malloc(layer->numel * sizeof(float));
-    float *out = malloc(layer->numel * sizeof(float));
-    void *buf = malloc(maxb);
-    if (!in || !out || !buf) {
-        rc = GCOMP_NOMEM;
-        goto done;
-    }
+    float *in = gk_arena_alloc(host.scratch, layer->numel * sizeof(float));
+    float *out = gk_arena_alloc(host.scratch, layer->numel * sizeof(float));
+    void *buf = gk_arena_alloc(host.scratch, maxb);
+    if (!in || !out || !buf)
+        return GCOMP_NOMEM;
     memcpy(in, x, layer->numel * sizeof(float));
     if (c->state_new && (rc = c->state_new(spec, layer, &state)))
-        goto done;
+        return rc;
     for (int p = 0; p < nph && !rc; p++) {
         gk_call call = {.spec = spec, .layer = layer, .state = state, .phase = p, .nodes = 1,
-                        .node = 0, .step = (uint64_t)step, .seed = s->env.seed};
-        gk_coll coll = c->phase_coll ? c->phase_coll(spec, p) : GK_COLL_ALLREDUCE_F32;
+                        .node = 0, .step = (uint64_t)step, .seed = s->env.seed, .exec = &host};
         size_t n = 0;
-        double t0 = now_ms();
+        double t0 = gk_now_s();
         rc = impl->encode(&call, in, buf, &n);
-        double t1 = now_ms();
+        double t1 = gk_now_s();
         if (rc)
             break;
         const void *recv = buf;
         rc = impl->decode(&call, in, &recv, &n, 1, out);
-        double t2 = now_ms();
-        st[GP_PERF_ENCODE_MS] += t1 - t0;
-        if (coll == GK_COLL_ALLGATHER) {
-            st[GP_PERF_DECODE_AG_MS] += t2 - t1;
+        double t2 = gk_now_s();
+        st[GP_PERF_ENCODE_MS] += (t1 - t0) * 1e3;
+        if (gk_spec_coll(spec, p) == GK_COLL_ALLGATHER) {
+            st[GP_PERF_DECODE_AG_MS] += (t2 - t1) * 1e3;
             st[GP_PERF_AG_BYTES] += align8((double)n);
         } else {
-            st[GP_PERF_DECODE_AR_MS] += t2 - t1;
+            st[GP_PERF_DECODE_AR_MS] += (t2 - t1) * 1e3;
         }
     }
-done:
     if (state && c->state_free)
         c->state_free(state);
-    free(in);
-    free(out);
-    free(buf);
     return rc;
 }
 
@@ -511,13 +545,11 @@ static int perf_decide(void *state, const gp_layer *layer, int64_t step, gk_spec
                        char *why, size_t whylen)
 {
     (void)step;
-    const perf_state *s = state;
-    int i = find_bucket(s, layer->bucket);
-    if (i < 0) {
-        *out = s->none;
-        snprintf(why, whylen, "dense during warmup (%ld steps)", s->warmup);
-        return GCOMP_OK;
-    }
+    perf_state *s = state;
+    /* The bucket collect() reads (first seen here: the same order on every node). */
+    int i = bucket_of(s, layer->bucket);
+    if (i < 0)
+        return GCOMP_NOMEM;
     const perf_bucket *b = &s->buckets[i];
     *out = b->choice ? s->cand[b->choice - 1] : s->none;
     snprintf(why, whylen, "%s", b->why);
@@ -525,21 +557,25 @@ static int perf_decide(void *state, const gp_layer *layer, int64_t step, gk_spec
 }
 
 static int perf_collect(void *state, const gp_layer *layer, int64_t step, const float *g,
-                        const float *x, double *stats)
+                        const float *x, double *stats, const gk_exec *exec)
 {
     (void)g;
-    perf_state *s = state;
+    const perf_state *s = state;
     for (int k = 0; k < GP_PERF_NSTATS; k++)
         stats[k] = 0.0;
-    int bi = bucket_of(s, layer->bucket);
+    int bi = find_bucket(s, layer->bucket);
     if (bi < 0)
-        return GCOMP_NOMEM;
+        return GCOMP_INVALID; /* decide() has not seen the bucket */
     if (!is_probe(s, s->buckets[bi].count))
         return GCOMP_OK;
+    /* Each candidate's buffers go back to the arena before the next one's. */
+    gk_arena_mark mark = gk_arena_mark_get(exec->scratch);
     for (int c = 0; c < s->ncand; c++) {
-        if (!gp_perf_compresses(&s->cand[c], &layer->geom))
+        if (!gk_spec_compresses(&s->cand[c], &layer->geom))
             continue;
-        int rc = time_codec(s, &s->cand[c], &layer->geom, x, step, stats + c * GP_PERF_NSTAT);
+        int rc = time_codec(s, &s->cand[c], &layer->geom, x, step, stats + c * GP_PERF_NSTAT,
+                            exec);
+        gk_arena_release(exec->scratch, mark);
         if (rc)
             return rc;
     }
@@ -678,130 +714,150 @@ static int perf_observe(void *state, const gp_step_info *info)
 
 /* ---- save and load ---- */
 
-static void save_text(FILE *f, const char *tag, const char *text)
-{
-    fprintf(f, "%s %zu %s\n", tag, strlen(text), text);
-}
-
-/* Read "tag LEN TEXT\n" into buf (size n); NULL-terminated. */
-static int load_text(FILE *f, const char *tag, char *buf, size_t n)
-{
-    char t[32];
-    size_t len;
-    if (fscanf(f, "%31s %zu", t, &len) != 2 || strcmp(t, tag) != 0 || len >= n ||
-        fgetc(f) != ' ' || fread(buf, 1, len, f) != len || fgetc(f) != '\n')
-        return GCOMP_IO;
-    buf[len] = '\0';
-    return GCOMP_OK;
-}
-
-static int perf_save(void *state, FILE *f)
+static int perf_save(void *state, gk_writer *w)
 {
     const perf_state *s = state;
-    fprintf(f, "perfmodel 1\nncand %d\n", s->ncand);
+    gk_put_tag(w, GP_PERF_TAG, GP_PERF_VERSION);
+    gk_put(w, (int64_t)s->ncand);
     for (int c = 0; c < s->ncand; c++)
-        save_text(f, "cand", s->cand_text[c]);
-    fprintf(f, "rounds %ld %ld %ld\n", s->rounds, s->probe_round, s->ntcomp);
+        gk_put_str(w, s->cand_text[c]);
+    gk_put(w, s->gamma);
+    gk_put(w, s->rounds);
+    gk_put(w, s->probe_round);
+    gk_put(w, s->ntcomp);
     for (int k = 0; k < GP_PERF_WINDOW; k++)
-        fprintf(f, "%.17g\n", s->tcomp[k]);
-    fprintf(f, "nbuckets %d\n", s->nbuckets);
+        gk_put(w, s->tcomp[k]);
+    gk_put(w, (uint64_t)s->nbuckets);
     for (int i = 0; i < s->nbuckets; i++) {
         const perf_bucket *b = &s->buckets[i];
-        save_text(f, "bucket", b->name);
-        save_text(f, "why", b->why);
-        fprintf(f, "%ld %d %d %d %.17g %.17g %.17g %d\n", b->count, b->choice, b->has_probe,
-                b->meas_dense, b->step_ms, b->exchange_ms, b->predicted, b->nlayers);
+        gk_put_str(w, b->name);
+        gk_put_str(w, b->why);
+        gk_put(w, b->count);
+        gk_put(w, (uint32_t)b->choice);
+        gk_put(w, (uint8_t)b->has_probe);
+        gk_put(w, (uint8_t)b->meas_dense);
+        gk_put(w, b->step_ms);
+        gk_put(w, b->exchange_ms);
+        gk_put(w, b->predicted);
+        gk_put(w, (uint32_t)b->nlayers);
         for (int l = 0; l < b->nlayers; l++) {
             const gk_layer *g = &b->geom[l];
-            fprintf(f, "%u %d %zu %zu %zu\n", g->id, g->ndim, g->rows, g->cols, g->numel);
+            gk_put(w, g->id);
+            gk_put(w, (uint32_t)g->ndim);
+            gk_put(w, (uint64_t)g->rows);
+            gk_put(w, (uint64_t)g->cols);
+            gk_put(w, (uint64_t)g->numel);
         }
-        size_t ns = (size_t)b->nlayers * s->ncand * GP_PERF_NSTAT;
+        size_t ns = (size_t)b->nlayers * (size_t)s->ncand * GP_PERF_NSTAT;
         for (size_t k = 0; k < ns; k++)
-            fprintf(f, "%.17g\n", b->stats[k]);
+            gk_put(w, b->stats[k]);
     }
-    fprintf(f, "end\n");
-    return ferror(f) ? GCOMP_IO : GCOMP_OK;
+    return w->failed ? GCOMP_IO : GCOMP_OK;
 }
 
-static int load_bucket(perf_state *s, FILE *f, perf_bucket *b)
+/* Read a layer's id and shape: 1..GCOMP_MAX_DIMS dimensions, rows x cols = numel. */
+static bool load_layer(gk_reader *r, gk_layer *g)
+{
+    uint32_t ndim;
+    uint64_t rows, cols, numel;
+    if (!(gk_get(r, &g->id) && gk_get(r, &ndim) && gk_get(r, &rows) && gk_get(r, &cols) &&
+          gk_get(r, &numel)))
+        return false;
+    if (ndim < 1 || ndim > GCOMP_MAX_DIMS || rows < 1 || cols < 1 || numel / rows != cols ||
+        numel % rows != 0 || numel > SIZE_MAX / sizeof(float))
+        return gk_reader_fail(r, "perfmodel checkpoint: layer %#llx of %u dimensions, %llu x "
+                              "%llu = %llu elements", (unsigned long long)g->id, ndim,
+                              (unsigned long long)rows, (unsigned long long)cols,
+                              (unsigned long long)numel);
+    g->ndim = (int)ndim;
+    g->rows = (size_t)rows;
+    g->cols = (size_t)cols;
+    g->numel = (size_t)numel;
+    return true;
+}
+
+/* Read one bucket record into b (zeroed; freed by the caller on failure). */
+static bool load_bucket(const perf_state *s, gk_reader *r, perf_bucket *b)
 {
     char name[GCOMP_MAX_NAME + 1];
-    int choice, has_probe, meas_dense, nl;
-    if (load_text(f, "bucket", name, sizeof(name)) || load_text(f, "why", b->why, sizeof(b->why)))
-        return GCOMP_IO;
-    if (fscanf(f, "%ld %d %d %d %lf %lf %lf %d", &b->count, &choice, &has_probe, &meas_dense,
-               &b->step_ms, &b->exchange_ms, &b->predicted, &nl) != 8 ||
-        choice < 0 || choice > s->ncand || nl < 0 || nl > GCOMP_MAX_LAYERS)
-        return GCOMP_IO;
-    b->choice = choice;
+    uint32_t choice, nl;
+    uint8_t has_probe, meas_dense;
+    if (!(gk_get_str(r, name, sizeof(name)) && gk_get_str(r, b->why, sizeof(b->why)) &&
+          gk_get(r, &b->count) && gk_get(r, &choice) && gk_get(r, &has_probe) &&
+          gk_get(r, &meas_dense) && gk_get(r, &b->step_ms) && gk_get(r, &b->exchange_ms) &&
+          gk_get(r, &b->predicted) && gk_get(r, &nl)))
+        return false;
+    if (b->count < 0 || choice > (uint32_t)s->ncand || nl > GCOMP_MAX_LAYERS)
+        return gk_reader_fail(r, "perfmodel checkpoint: bucket '%s' with %lld steps, choice %u "
+                              "of %d candidates, %u layers (at most %d)", name,
+                              (long long)b->count, choice, s->ncand, nl, GCOMP_MAX_LAYERS);
+    b->choice = (int)choice;
     b->has_probe = has_probe != 0;
     b->meas_dense = meas_dense != 0;
-    b->nlayers = nl;
-    size_t n = nl > 0 ? (size_t)nl : 1;
+    b->nlayers = (int)nl;
+    size_t n = nl > 0 ? nl : 1, ns = (size_t)nl * (size_t)s->ncand * GP_PERF_NSTAT;
     b->name = strdup(name);
     b->geom = calloc(n, sizeof(*b->geom));
-    b->stats = calloc(n * (size_t)(s->ncand ? s->ncand : 1) * GP_PERF_NSTAT, sizeof(double));
+    b->stats = calloc(ns ? ns : 1, sizeof(double));
     if (!b->name || !b->geom || !b->stats)
-        return GCOMP_NOMEM;
-    for (int l = 0; l < nl; l++) {
-        gk_layer *g = &b->geom[l];
-        if (fscanf(f, "%u %d %zu %zu %zu", &g->id, &g->ndim, &g->rows, &g->cols, &g->numel) != 5)
-            return GCOMP_IO;
-    }
-    size_t ns = (size_t)nl * s->ncand * GP_PERF_NSTAT;
+        return gk_reader_fail(r, "out of memory");
+    for (uint32_t l = 0; l < nl; l++)
+        if (!load_layer(r, &b->geom[l]))
+            return false;
     for (size_t k = 0; k < ns; k++)
-        if (fscanf(f, "%lf", &b->stats[k]) != 1)
-            return GCOMP_IO;
-    return GCOMP_OK;
+        if (!gk_get(r, &b->stats[k]))
+            return false;
+    return true;
 }
 
-static int perf_load(void *state, FILE *f)
+static int perf_load(void *state, gk_reader *r)
 {
     perf_state *s = state;
-    int version, ncand, nb;
-    if (fscanf(f, "perfmodel %d ncand %d", &version, &ncand) != 2 || version != 1 ||
-        ncand != s->ncand || fgetc(f) != '\n')
-        return GCOMP_INVALID;
-    for (int c = 0; c < ncand; c++) {
-        char text[sizeof(s->cand_text[0])];
-        if (load_text(f, "cand", text, sizeof(text)) || strcmp(text, s->cand_text[c]) != 0)
-            return GCOMP_INVALID;
-    }
-    long rounds, probe_round, ntcomp;
+    int64_t rounds, probe_round, ntcomp;
     double tcomp[GP_PERF_WINDOW];
-    if (fscanf(f, " rounds %ld %ld %ld", &rounds, &probe_round, &ntcomp) != 3 || ntcomp < 0)
-        return GCOMP_IO;
-    for (int k = 0; k < GP_PERF_WINDOW; k++)
-        if (fscanf(f, "%lf", &tcomp[k]) != 1)
-            return GCOMP_IO;
-    if (fscanf(f, " nbuckets %d", &nb) != 1 || nb < 0 || nb > 1 << 20 || fgetc(f) != '\n')
-        return GCOMP_IO;
-    perf_bucket *bs = calloc(nb > 0 ? (size_t)nb : 1, sizeof(*bs));
-    if (!bs)
-        return GCOMP_NOMEM;
-    int rc = GCOMP_OK;
-    for (int i = 0; i < nb && !rc; i++) {
-        rc = load_bucket(s, f, &bs[i]);
-        if (!rc && fgetc(f) != '\n')
-            rc = GCOMP_IO;
+    uint64_t nb = 0;
+    bool ok = gk_get_tag(r, GP_PERF_TAG, GP_PERF_VERSION, NULL) &&
+              gp_ckpt_arg_i64(r, "perfmodel", "candidates", s->ncand);
+    for (int c = 0; c < s->ncand && ok; c++)
+        ok = gp_ckpt_arg_str(r, "perfmodel", "candidate", s->cand_text[c]);
+    ok = ok && gp_ckpt_arg_f64(r, "perfmodel", "gamma", s->gamma) && gk_get(r, &rounds) &&
+         gk_get(r, &probe_round) && gk_get(r, &ntcomp);
+    for (int k = 0; k < GP_PERF_WINDOW && ok; k++)
+        ok = gk_get(r, &tcomp[k]);
+    if (ok && ntcomp < 0)
+        ok = gk_reader_fail(r, "perfmodel checkpoint: %lld compute samples", (long long)ntcomp);
+    ok = ok && gp_ckpt_count(r, "buckets", INT32_MAX / 2, &nb);
+    /* The buckets are read one by one, so a count larger than the data fails as
+       truncated before it is allocated. */
+    perf_bucket *bs = NULL;
+    int got = 0;
+    size_t cap = 0;
+    for (; ok && (uint64_t)got < nb; got++) {
+        perf_bucket *nbs = gk_grow(bs, &cap, (size_t)got + 1, sizeof(*nbs));
+        if (!nbs) {
+            ok = gk_reader_fail(r, "out of memory");
+            break;
+        }
+        bs = nbs;
+        bs[got] = (perf_bucket){0};
+        ok = load_bucket(s, r, &bs[got]);
+        for (int i = 0; ok && i < got; i++)
+            if (strcmp(bs[i].name, bs[got].name) == 0)
+                ok = gk_reader_fail(r, "perfmodel checkpoint: bucket '%s' twice", bs[i].name);
     }
-    char end[8];
-    if (!rc && (fscanf(f, "%7s", end) != 1 || strcmp(end, "end") != 0))
-        rc = GCOMP_IO;
-    if (rc) {
-        for (int i = 0; i < nb; i++)
+    if (!ok) {
+        for (int i = 0; i < got; i++)
             bucket_free(&bs[i]);
         free(bs);
-        return rc;
+        return gp_ckpt_status(r);
     }
     /* Everything read: replace the state. */
     for (int i = 0; i < s->nbuckets; i++)
         bucket_free(&s->buckets[i]);
     free(s->buckets);
-    s->buckets = nb > 0 ? bs : NULL;
-    s->nbuckets = s->capbuckets = nb;
-    if (nb == 0)
-        free(bs);
+    s->buckets = bs;
+    s->nbuckets = got;
+    s->capbuckets = cap;
     s->rounds = rounds;
     s->probe_round = probe_round;
     s->ntcomp = ntcomp;
@@ -835,68 +891,72 @@ static void put(outbuf *o, const char *fmt, ...)
     o->n += (size_t)w;
 }
 
-/* A JSON string literal of text. */
+/* A JSON string literal of text (base/json.h's escaping). */
 static void put_json_str(outbuf *o, const char *text)
 {
-    put(o, "\"");
-    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
-        if (*c == '"' || *c == '\\')
-            put(o, "\\%c", *c);
-        else if (*c < 0x20)
-            put(o, "\\u%04x", *c);
-        else
-            put(o, "%c", *c);
-    }
-    put(o, "\"");
+    char q[2 * GCOMP_MAX_NAME + 8];
+    gk_json_str(q, sizeof(q), text);
+    put(o, "%s", q);
 }
 
 static const char whatif_usage[] = "whatif --nodes P --bandwidth B [--latency-us L] "
-                                   "(B: 10gbit, 1gbit, 100mbit, 25gbps... or bytes/s)";
+                                   "(B with a unit: 10gbit, 25gbps, 1.25GB/s, 100mbit...)";
 
 static int whatif_args(int argc, const char *const *argv, int *nodes, double *bw,
                        double *alpha_ms, char *out, size_t len)
 {
-    bool has_nodes = false, has_bw = false;
+    static const char *const opts[] = {"--nodes", "--bandwidth", "--latency-us"};
+    bool seen[3] = {false, false, false};
     for (int i = 1; i < argc; i += 2) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(k, "--nodes") && strcmp(k, "--bandwidth") && strcmp(k, "--latency-us")) {
+        int o = 0;
+        while (o < 3 && strcmp(k, opts[o]) != 0)
+            o++;
+        if (o == 3) {
             snprintf(out, len, "whatif: unknown option '%s'; usage: %s", k, whatif_usage);
             return GCOMP_INVALID;
         }
+        if (seen[o]) {
+            snprintf(out, len, "whatif: %s given twice; usage: %s", k, whatif_usage);
+            return GCOMP_INVALID;
+        }
+        seen[o] = true;
         if (!v) {
             snprintf(out, len, "whatif: %s needs a value; usage: %s", k, whatif_usage);
             return GCOMP_INVALID;
         }
         char *end;
         errno = 0;
-        if (strcmp(k, "--nodes") == 0) {
+        if (o == 0) {
             long p = strtol(v, &end, 10);
             if (errno || end == v || *end || p < 1 || p > 1000000) {
                 snprintf(out, len, "whatif: --nodes must be an integer in 1..1000000, not '%s'", v);
                 return GCOMP_INVALID;
             }
             *nodes = (int)p;
-            has_nodes = true;
-        } else if (strcmp(k, "--bandwidth") == 0) {
+        } else if (o == 1) {
             if (gp_perf_parse_bandwidth(v, bw)) {
-                snprintf(out, len,
-                         "whatif: --bandwidth must be a positive number with kbit, mbit, gbit, "
-                         "tbit (or kbps, mbps, gbps, tbps), or bytes per second, not '%s'", v);
+                int n = snprintf(out, len, "whatif: --bandwidth must be a positive number with "
+                                 "a unit (");
+                if (n >= 0 && (size_t)n < len)
+                    n += (int)gp_perf_bandwidth_units(out + n, len - (size_t)n);
+                if (n >= 0 && (size_t)n < len)
+                    snprintf(out + n, len - (size_t)n, "), e.g. 10gbit or 1.25GB/s, not '%s'",
+                             v);
                 return GCOMP_INVALID;
             }
-            has_bw = true;
         } else {
             double us = strtod(v, &end);
             if (errno || end == v || *end || !isfinite(us) || us < 0 || us > 1e9) {
                 snprintf(out, len, "whatif: --latency-us must be a number of microseconds "
-                                   ">= 0, not '%s'", v);
+                                   "in 0..1e9, not '%s'", v);
                 return GCOMP_INVALID;
             }
             *alpha_ms = us * 1e-3;
         }
     }
-    if (!has_nodes || !has_bw) {
-        snprintf(out, len, "whatif: %s missing; usage: %s", has_nodes ? "--bandwidth" : "--nodes",
+    if (!seen[0] || !seen[1]) {
+        snprintf(out, len, "whatif: %s missing; usage: %s", seen[0] ? "--bandwidth" : "--nodes",
                  whatif_usage);
         return GCOMP_INVALID;
     }
@@ -1032,7 +1092,10 @@ const gp_policy gp_policy_perfmodel = {
                "performance model of 'On the utility of gradient compression'",
     .keys = perf_keys,
     .spec_keys = perf_spec_keys,
+    .multi_keys = perf_multi_keys,
+    .keys_help = "candidate=SPEC (repeatable; default powersgd:rank=4 and topk:density=0.01, none always); gamma (1.07); probe (50 steps); warmup (5 steps)",
     .nstats = GP_PERF_NSTATS,
+    .collect_concurrent = true,
     .uses_network = true,
     .create = perf_create,
     .destroy = perf_destroy,

@@ -55,10 +55,6 @@ double gp_perf_predict_step_ms(double t_comp_ms, double gamma, double overlapped
 double gp_perf_compute_ms(double step_ms, double gamma, double overlapped_ms,
                           double serial_ms);
 
-/* Whether the engine compresses the layer under the spec (its rule: at least 2
-   dimensions, min_elements, and the codec's own compresses()). */
-bool gp_perf_compresses(const gk_spec *spec, const gk_layer *layer);
-
 /* What one bucket's exchange costs under one spec. */
 typedef struct gp_perf_cost {
     double encode_decode_ms; /* encode + decode of the compressed layers, all phases */
@@ -69,20 +65,30 @@ typedef struct gp_perf_cost {
 
 /*
  * The cost of exchanging a bucket of `nlayers` layers under `spec` (NULL or the codec
- * none: every layer dense) on `nodes` nodes. Layers the engine sends dense go in one
- * allreduce of float32; the compressed ones share one collective per phase (allreduce of
- * max_bytes, exact, or allgather). stats (may be NULL) gives, for layer l, the
- * GP_PERF_NSTAT numbers measured for this spec at stats + l * stride: encode and decode
- * times (allgather decode scaled by the number of nodes) and the allgather bytes. Without
- * stats the allgather bytes are max_bytes and encode/decode counts 0.
+ * none: every layer dense) on `nodes` nodes. Layers the engine sends dense
+ * (gk_spec_compresses() false) go in one allreduce of float32; the compressed ones share
+ * one collective per phase (allreduce of the payload bytes, exact, or allgather; a
+ * variable-size allgather after an allgather of 8 bytes per node, the sizes). Payload
+ * sizes are per step on average (gp_payload_mean). stats (may be NULL) gives, for layer
+ * l, the GP_PERF_NSTAT numbers measured for this spec at stats + l * stride: encode and
+ * decode times (allgather decode scaled by the number of nodes) and the allgather
+ * bytes. Without stats the allgather bytes are the payload bound and encode/decode
+ * counts 0.
  */
 void gp_perf_bucket_cost(const gk_layer *layers, int nlayers, const gk_spec *spec,
                          const double *stats, size_t stride, int nodes, double alpha_ms,
                          double bw_bytes_ms, gp_perf_cost *out);
 
-/* A bandwidth: a number with a unit, bits per second with kbit, mbit, gbit, tbit (or
-   kbps, mbps, gbps, tbps; any case), or a bare number of bytes per second. Writes bytes
-   per millisecond; GCOMP_INVALID if the text is not one of those or not positive. */
+/* A bandwidth: a positive number and a unit, bits per second with kbit, mbit, gbit,
+   tbit, kbps, mbps, gbps, tbps or kb/s, mb/s, gb/s, tb/s, bytes per second with B/s,
+   kB/s, MB/s, GB/s, TB/s (letters in any case but the b or B before "/s" or "ps", so
+   "GBps" is refused rather than read as bits): "10gbit", "1.25GB/s". Writes bytes per
+   millisecond; GCOMP_INVALID for a bare number, an unknown unit, or a number that is
+   not positive and finite. */
 int gp_perf_parse_bandwidth(const char *text, double *bytes_ms);
+
+/* The accepted units, comma-separated, into buf[len] (terminated when len > 0); returns
+   the length it needed, like snprintf. */
+size_t gp_perf_bandwidth_units(char *buf, size_t len);
 
 #endif /* GP_PERFMODEL_H */

@@ -5,13 +5,19 @@
  * same, so a policy may only use what is identical on every node: its arguments, the
  * steps and the statistics the engine hands to observe() (averaged over the nodes).
  *
- * Per bucket step the engine calls, in this order (the same order on every node):
+ * Per bucket step the engine calls (daemon/policy_host.c):
  *  1. decide() for every layer: the spec of this step (and why, for the decision log);
  *  2. collect() for every layer, on each node's own data: nstats numbers per layer;
  *  3. the exchange; then the engine averages the collected numbers over the nodes;
  *  4. observe() with those averages, the bucket step's timing and the trainers' hints.
- * So a decision made in observe() of step s applies from the next decide() on, which
- * is the same bucket step on every node.
+ * Several bucket steps are in flight at once, so the engine orders the calls that read
+ * or change the policy's state the same way on every node: decide() of a bucket step
+ * when the negotiation decides to run it, observe() of a finished one when the
+ * negotiation says every node has its averages (before the decides of that decision);
+ * so a decision made in observe() applies from the first decide() after it, the same
+ * bucket step on every node. collect() runs on the engine's worker threads, after its
+ * decide() and before any later decide(), observe(), save(), load(), advice() or
+ * query(): those never run at the same time as a collect().
  *
  * Specs: "NAME[:key=value,...]". A key that is not the policy's own continues the
  * spec-valued key before it (codec, override...): "static:codec=maxmin:bits=4,bucket=512,
@@ -68,8 +74,9 @@ typedef struct gp_step_info {
     const double *payload;     /* [nlayers]: payload bytes per layer, averaged over nodes */
     const double *stats;       /* [nlayers * nstats]: collect() averaged over the nodes */
     double step_ms;            /* time between this step and the previous step of the
-                                  bucket (the training iteration), averaged over nodes */
-    double exchange_ms;        /* time of the bucket's encode + exchange + decode */
+                                  bucket (the training iteration), the slowest node's */
+    double exchange_ms;        /* time of the bucket's encode + exchange + decode, the
+                                  slowest node's */
     int nodes;
     const gp_hints *hints;
 } gp_step_info;
@@ -98,7 +105,17 @@ typedef struct gp_policy {
     const char *const *keys;     /* the policy's own keys, NULL-terminated; never NULL */
     const char *const *spec_keys;/* those of them whose value is a codec spec (continued
                                     by later non-policy keys), NULL-terminated; may be NULL */
+    const char *const *multi_keys; /* those of them that may be given more than once
+                                    (overrides, candidates), NULL-terminated; may be NULL:
+                                    a key given twice is refused */
+    const char *keys_help;       /* every key with its default, one line for --help;
+                                    never NULL */
     int nstats;                  /* numbers collect() writes per layer; 0 if none */
+    bool collect_concurrent;     /* collect() may run for different layers (of one bucket
+                                    or several) at the same time on worker threads: it
+                                    touches only that layer's own state (made by decide())
+                                    and scratch from exec. false: the engine runs collect()
+                                    calls one at a time. */
     bool uses_network;           /* reads gp_env's alpha_ms / bw_bytes_ms: the engine
                                     measures the transport before create() */
     /* Make the policy's state from its arguments (keys are among `keys`). On error
@@ -113,15 +130,23 @@ typedef struct gp_policy {
                   size_t whylen);
     /* This node's numbers for a layer: g is the node's gradient of the step (its mean
        over the node's trainers), x the error-feedback-corrected input of the codec (x ==
-       g for layers sent dense). stats has nstats slots. May be NULL (nstats == 0). */
+       g for layers sent dense); both are host memory, numel floats. stats has nstats
+       slots. exec (never NULL) gives the worker's scratch arena (exec->scratch, never
+       NULL; released after the call) for temporaries and gk_codec_roundtrip() (through
+       gp_exec_host()). A policy that keeps per-layer state makes it in decide(), so its
+       collect() may refuse a layer decide() has not seen (GCOMP_INVALID). May be NULL
+       (nstats == 0). */
     int (*collect)(void *state, const gp_layer *layer, int64_t step, const float *g,
-                   const float *x, double *stats);
+                   const float *x, double *stats, const gk_exec *exec);
     /* A bucket step finished (statistics averaged over the nodes). May be NULL. */
     int (*observe)(void *state, const gp_step_info *info);
-    /* Checkpoint the state to f / restore it from f (same policy and arguments). NULL:
-       the policy has no state worth keeping. */
-    int (*save)(void *state, FILE *f);
-    int (*load)(void *state, FILE *f);
+    /* Checkpoint the state field by field (base/binio.h: a record header with the
+       policy's own tag and format version first, then the arguments the state depends
+       on, so a checkpoint of another spec or version is refused with r->err saying
+       why) / restore it (same policy and arguments). NULL: the policy has no state
+       worth keeping. Return 0 or a negative gcomp status. */
+    int (*save)(void *state, gk_writer *w);
+    int (*load)(void *state, gk_reader *r);
     /* The current batch-size advice. May be NULL (never advises). */
     int (*advice)(void *state, gp_advice *out);
     /* Answer a gcompctl query (e.g. "whatif --nodes 8 --bandwidth 10gbit") into out,
@@ -158,5 +183,19 @@ int gp_arg_long(const char *policy, const char *key, const char *val, long min, 
 /* The spec with one parameter changed (e.g. "rank" to 2); GCOMP_INVALID if the codec
    has no such key or the value is out of its range. */
 int gp_spec_with(const gk_spec *in, const char *key, double value, gk_spec *out);
+
+/* The bytes a phase of the spec sends for the layer per step on average: the mean of
+   gk_payload_bytes() over two consecutive steps, for policies that predict the sizes of
+   steps to come. Two steps hold every codec's pattern (powersgd_unbiased sends P and Q
+   in turn; the others send the same every step; tests/unit/daemon/test_policy.c checks
+   the registry for it). */
+double gp_payload_mean(const gk_spec *spec, const gk_layer *layer, int phase);
+
+/* The context for a policy's own codec runs inside collect(): the CPU implementation
+   on host memory, temporaries from the scratch arena of collect()'s exec. */
+static inline gk_exec gp_exec_host(const gk_exec *exec)
+{
+    return (gk_exec){.backend = GK_BACKEND_CPU, .mem = GK_MEM_HOST, .scratch = exec->scratch};
+}
 
 #endif

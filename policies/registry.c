@@ -114,6 +114,11 @@ int gp_instance_create(const char *spec, const gp_env *env, gp_instance **out, c
         char key[64];
         snprintf(key, sizeof(key), "%.*s", (int)(klen < sizeof(key) ? klen : sizeof(key) - 1), tok);
         if (eq && in_list(p->keys, key)) {
+            for (int k = 0; k < a.n; k++)
+                if (strcmp(a.keys[k], key) == 0 && !in_list(p->multi_keys, key)) {
+                    snprintf(err, errlen, "policy '%s': key '%s' given twice", p->name, key);
+                    return GCOMP_INVALID;
+                }
             if (a.n == GP_MAX_ARGS) {
                 snprintf(err, errlen, "policy '%s': more than %d keys", p->name, GP_MAX_ARGS);
                 return GCOMP_INVALID;
@@ -207,4 +212,10 @@ int gp_spec_with(const gk_spec *in, const char *key, double value, gk_spec *out)
         return GCOMP_OK;
     }
     return GCOMP_INVALID;
+}
+
+double gp_payload_mean(const gk_spec *spec, const gk_layer *layer, int phase)
+{
+    return 0.5 * ((double)gk_payload_bytes(spec, layer, phase, 0) +
+                  (double)gk_payload_bytes(spec, layer, phase, 1));
 }

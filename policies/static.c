@@ -25,6 +25,7 @@ typedef struct static_state {
 
 static const char *const static_keys[] = {"codec", "start_iter", "override", NULL};
 static const char *const static_spec_keys[] = {"codec", "override", NULL};
+static const char *const static_multi_keys[] = {"override", NULL};
 
 static int add_override(static_state *s, const char *val, char *err, size_t errlen)
 {
@@ -105,6 +106,8 @@ const gp_policy gp_policy_static = {
     .summary = "one codec for every eligible layer, per-layer overrides, exact before start_iter",
     .keys = static_keys,
     .spec_keys = static_spec_keys,
+    .multi_keys = static_multi_keys,
+    .keys_help = "codec (none): the codec spec of every eligible layer; start_iter (0): exact steps before it applies; override=GLOB@SPEC (repeatable, first match wins)",
     .create = static_create,
     .destroy = static_destroy,
     .decide = static_decide,

@@ -7,15 +7,11 @@
 
 #include "gcomp.h"
 
-int gw_send(int fd, const ProtobufCMessage *msg, const int *fds, int nfds)
+int gw_send_packet(int fd, const uint8_t *buf, size_t len, const int *fds, int nfds)
 {
-    uint8_t buf[GW_MAX_MSG];
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    if (len > sizeof(buf) || nfds > GW_MAX_FDS)
+    if (len > GW_MAX_MSG || nfds > GW_MAX_FDS)
         return GCOMP_LIMIT;
-    protobuf_c_message_pack(msg, buf);
-
-    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
     union {
         char raw[CMSG_SPACE(sizeof(int) * GW_MAX_FDS)];
         struct cmsghdr align;
@@ -38,6 +34,16 @@ int gw_send(int fd, const ProtobufCMessage *msg, const int *fds, int nfds)
     if (n < 0)
         return (errno == EPIPE || errno == ECONNRESET) ? GCOMP_DAEMON_LOST : GCOMP_IO;
     return GCOMP_OK;
+}
+
+int gw_send(int fd, const ProtobufCMessage *msg, const int *fds, int nfds)
+{
+    uint8_t buf[GW_MAX_MSG];
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    if (len > sizeof(buf))
+        return GCOMP_LIMIT;
+    protobuf_c_message_pack(msg, buf);
+    return gw_send_packet(fd, buf, len, fds, nfds);
 }
 
 int gw_recv(int fd, uint8_t *buf, size_t *len, int *fds, int *nfds)

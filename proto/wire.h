@@ -21,6 +21,9 @@
  * GCOMP_IO (errno kept) on a send failure, GCOMP_DAEMON_LOST on EPIPE/ECONNRESET.
  */
 int gw_send(int fd, const ProtobufCMessage *msg, const int *fds, int nfds);
+/* Send an already packed packet (at most GW_MAX_MSG bytes); returns as gw_send, with
+   errno EAGAIN when a non-blocking socket is full. */
+int gw_send_packet(int fd, const uint8_t *buf, size_t len, const int *fds, int nfds);
 
 /*
  * Receive one packet into buf (GW_MAX_MSG bytes). On success *len is its size and

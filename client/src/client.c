@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "gcomp.h"
 #include "wire.h"
 
@@ -58,7 +59,8 @@ struct gcomp_client {
     int reply_nfds;
     gcomp_advice advice; /* latest from a completion; batch_size 0: none */
     int node, nodes;
-    int lost;            /* the daemon connection is gone (or unusable) */
+    int lost;            /* the daemon connection is gone (or unusable): every call fails */
+    int lost_status;     /* with this: GCOMP_DAEMON_LOST, or what the daemon's Goodbye said */
     char lost_why[256];  /* why */
     int reply_timeout_ms;
     gcomp_bucket *buckets;
@@ -85,17 +87,10 @@ static int set_error(gcomp_client *c, int status, const char *fmt, ...)
     return status;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* now + timeout_ms, or -1 (no deadline) for a negative timeout. */
 static int64_t deadline_after(int timeout_ms)
 {
-    return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    return timeout_ms < 0 ? -1 : gk_now_ms() + timeout_ms;
 }
 
 static int env_int(const char *name, int def)
@@ -111,7 +106,7 @@ static int dial(const char *path, int timeout_ms, int *out)
     if (strlen(path) >= sizeof(sa.sun_path))
         return GCOMP_INVALID;
     strcpy(sa.sun_path, path);
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = gk_now_ms() + timeout_ms;
     for (;;) {
         int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         if (fd < 0)
@@ -122,7 +117,7 @@ static int dial(const char *path, int timeout_ms, int *out)
         }
         int e = errno;
         close(fd);
-        if ((e != ENOENT && e != ECONNREFUSED && e != EAGAIN) || now_ms() >= deadline) {
+        if ((e != ENOENT && e != ECONNREFUSED && e != EAGAIN) || gk_now_ms() >= deadline) {
             errno = e;
             return e == ENOENT || e == ECONNREFUSED ? GCOMP_TIMEOUT : GCOMP_IO;
         }
@@ -178,11 +173,21 @@ static gcomp_bucket *find_bucket(gcomp_client *c, uint32_t id)
     return NULL;
 }
 
+/* The error of every call after the connection was lost (under c->mu). */
+static int lost_error(gcomp_client *c)
+{
+    if (c->lost_status != GCOMP_DAEMON_LOST)
+        return set_error(c, c->lost_status, "%s", c->lost_why);
+    return set_error(c, GCOMP_DAEMON_LOST, "connection to the daemon lost (%s)", c->lost_why);
+}
+
 /*
- * The connection broke or cannot be trusted any more (under c->mu): every step in flight
- * fails with GCOMP_DAEMON_LOST, and so does every later call. Returns GCOMP_DAEMON_LOST.
+ * The connection is over (under c->mu): every step in flight fails with status, and so
+ * does every later call. A daemon that goes away says why first (a Goodbye: status and
+ * text are its own); otherwise status is GCOMP_DAEMON_LOST and the text says what broke.
+ * The first reason stays. Returns its status.
  */
-static int mark_lost(gcomp_client *c, const char *fmt, ...)
+static int lose(gcomp_client *c, int status, const char *fmt, ...)
 {
     if (!c->lost) {
         va_list ap;
@@ -190,17 +195,24 @@ static int mark_lost(gcomp_client *c, const char *fmt, ...)
         vsnprintf(c->lost_why, sizeof(c->lost_why), fmt, ap);
         va_end(ap);
         c->lost = 1;
+        c->lost_status = status;
         char error[1024]; /* truncated into b->error */
         for (gcomp_bucket *b = c->buckets; b; b = b->next)
             if (b->in_flight && !b->done) {
-                snprintf(error, sizeof(error), "bucket '%s' step %lld: connection to the daemon lost (%s)",
-                         b->name, (long long)b->step, c->lost_why);
-                queue_done(c, b, GCOMP_DAEMON_LOST, error);
+                if (status == GCOMP_DAEMON_LOST)
+                    snprintf(error, sizeof(error), "bucket '%s' step %lld: connection to the "
+                             "daemon lost (%s)", b->name, (long long)b->step, c->lost_why);
+                else
+                    snprintf(error, sizeof(error), "bucket '%s' step %lld: %s", b->name,
+                             (long long)b->step, c->lost_why);
+                queue_done(c, b, status, error);
             }
         pthread_cond_broadcast(&c->cv); /* waiters whose bucket this ended */
     }
-    return set_error(c, GCOMP_DAEMON_LOST, "connection to the daemon lost (%s)", c->lost_why);
+    return lost_error(c);
 }
+
+#define mark_lost(c, ...) lose((c), GCOMP_DAEMON_LOST, __VA_ARGS__)
 
 /*
  * Read one packet (the socket is readable and this thread is the reader; under c->mu).
@@ -222,6 +234,14 @@ static int read_packet(gcomp_client *c)
     if (!m) {
         close_fds(fds, nfds);
         return mark_lost(c, "undecodable message from the daemon");
+    }
+    if (m->msg_case == GCOMP__DAEMON_MSG__MSG_GOODBYE) {
+        const Gcomp__Goodbye *g = m->goodbye;
+        int status = g->status < 0 ? g->status : GCOMP_SHUTDOWN;
+        lose(c, status, "%s", g->error && *g->error ? g->error : gcomp_strerror(status));
+        close_fds(fds, nfds);
+        gcomp__daemon_msg__free_unpacked(m, NULL);
+        return status;
     }
     if (m->msg_case == GCOMP__DAEMON_MSG__MSG_COMPLETE) {
         Gcomp__Complete *cm = m->complete;
@@ -261,8 +281,8 @@ static int pump(gcomp_client *c, ready_fn ready, const void *arg, int64_t deadli
         if (ready(c, arg))
             return GCOMP_OK;
         if (c->lost)
-            return set_error(c, GCOMP_DAEMON_LOST, "connection to the daemon lost (%s)", c->lost_why);
-        int64_t now = now_ms();
+            return lost_error(c);
+        int64_t now = gk_now_ms();
         if (looked && deadline >= 0 && now >= deadline)
             return GCOMP_TIMEOUT;
         if (c->reading) {
@@ -294,17 +314,31 @@ static int pump(gcomp_client *c, ready_fn ready, const void *arg, int64_t deadli
     }
 }
 
+/*
+ * After a failed send (under c->mu): what the daemon said before it closed (a Goodbye
+ * naming why) is still readable; read it, unless another thread is the reader (it will).
+ */
+static void read_what_is_left(gcomp_client *c)
+{
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    while (!c->lost && !c->reading && poll(&pfd, 1, 0) > 0 && (pfd.revents & POLLIN))
+        read_packet(c);
+}
+
 static int send_msg(gcomp_client *c, const Gcomp__TrainerMsg *m)
 {
     if (c->lost)
-        return set_error(c, GCOMP_DAEMON_LOST, "connection to the daemon lost (%s)", c->lost_why);
+        return lost_error(c);
     int rc = gw_send(c->fd, &m->base, NULL, 0);
     if (rc == GCOMP_LIMIT)
         return set_error(c, rc, "message larger than %d bytes", GW_MAX_MSG);
-    if (rc == GCOMP_DAEMON_LOST)
-        return mark_lost(c, "closed by the daemon");
-    if (rc)
-        return mark_lost(c, "send: %s", strerror(errno));
+    if (rc) {
+        int e = errno;
+        read_what_is_left(c);
+        if (rc == GCOMP_DAEMON_LOST)
+            return mark_lost(c, "closed by the daemon");
+        return mark_lost(c, "send: %s", strerror(e));
+    }
     return GCOMP_OK;
 }
 
@@ -323,7 +357,7 @@ static int reply_ready(const gcomp_client *c, const void *arg)
 static int await_reply(gcomp_client *c, Gcomp__DaemonMsg__MsgCase kind, Gcomp__DaemonMsg **out,
                        int *fds, int *nfds)
 {
-    int rc = pump(c, reply_ready, NULL, now_ms() + c->reply_timeout_ms);
+    int rc = pump(c, reply_ready, NULL, gk_now_ms() + c->reply_timeout_ms);
     if (rc == GCOMP_TIMEOUT) {
         mark_lost(c, "no reply from the daemon in %d ms", c->reply_timeout_ms);
         return set_error(c, GCOMP_TIMEOUT, "no reply from the daemon in %d ms", c->reply_timeout_ms);

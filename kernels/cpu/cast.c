@@ -13,6 +13,7 @@
 #include "gcomp.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define CAST_HAVE_F16C 1
 #else
@@ -67,10 +68,16 @@ __attribute__((target("avx,f16c"))) static size_t fp16_widen_f16c(const uint16_t
     return i;
 }
 
+/* From cpuid (clang before 18 has no __builtin_cpu_supports("f16c")): AVX state is
+   usable only if the OS saves it (OSXSAVE, then XCR0 bits 1 and 2). */
 static int have_f16c(void)
 {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+    unsigned a, b, c, d, lo = 0, hi = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE))
+        return 0;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    return (c & bit_AVX) && (c & bit_F16C) && (lo & 6) == 6;
 }
 #endif
 

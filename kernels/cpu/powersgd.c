@@ -121,11 +121,6 @@ static void cpu_outer(const gk_lowrank_state *st, float *x, float *out, const fl
         psgd_sub(x, out, n * m);
 }
 
-static int check_recv(const size_t *bytes, int nrecv, size_t floats)
-{
-    return nrecv == 1 && bytes[0] == floats * sizeof(float) ? GCOMP_OK : GCOMP_PROTOCOL;
-}
-
 /* dst = src / W. */
 static void scale_copy(float *dst, const float *src, size_t len, int nodes)
 {
@@ -157,12 +152,12 @@ static int powersgd_cpu_decode(const gk_call *call, float *x, const void *const 
 {
     gk_lowrank_state *st = call->state;
     if (call->phase % 2 == 0) {
-        if (check_recv(bytes, nrecv, st->n * st->r))
+        if (gk_lowrank_check(recv, bytes, nrecv, st->n * st->r))
             return GCOMP_PROTOCOL;
         memcpy(st->p, recv[0], st->n * st->r * sizeof(float));
         return gk_lowrank_orthogonalise_cpu(st->p, st->n, st->r, st->work);
     }
-    if (check_recv(bytes, nrecv, st->m * st->r))
+    if (gk_lowrank_check(recv, bytes, nrecv, st->m * st->r))
         return GCOMP_PROTOCOL;
     scale_copy(st->q, recv[0], st->m * st->r, call->nodes);
     if (call->phase == 2 * (int)call->spec->v[GK_PSGD_POWER_ITERS] - 1) {
@@ -195,7 +190,6 @@ static int unbiased_cpu_encode(const gk_call *call, float *x, void *send, size_t
         cpu_mtp(x, st, st->p, send);
         *bytes = st->m * st->r * sizeof(float);
     }
-    gk_lowrank_pad(st, send, bytes);
     return GCOMP_OK;
 }
 
@@ -204,7 +198,7 @@ static int unbiased_cpu_decode(const gk_call *call, float *x, const void *const 
 {
     gk_lowrank_state *st = call->state;
     bool pstep = call->step % 2 == 0;
-    if (check_recv(bytes, nrecv, gk_lowrank_padded(st)))
+    if (gk_lowrank_check(recv, bytes, nrecv, gk_lowrank_unbiased_floats(st, call->step)))
         return GCOMP_PROTOCOL;
     if (pstep) {
         scale_copy(st->p, recv[0], st->n * st->r, call->nodes);

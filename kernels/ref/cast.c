@@ -110,8 +110,9 @@ static gk_coll bf16_coll(const gk_spec *spec, int phase)
     return GK_COLL_ALLREDUCE_BF16;
 }
 
-static size_t cast_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t cast_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
 {
+    (void)step;
     (void)spec;
     (void)phase;
     return layer->numel * sizeof(uint16_t);
@@ -127,8 +128,7 @@ const gk_codec gk_codec_fp16 = {
     .ef_allowed = true,
     .phase_coll = fp16_coll,
     .max_bytes = cast_max_bytes,
-    .ref = &fp16_ref,
-    .cpu = &gk_fp16_cpu,
+    .impl = {[GK_BACKEND_REF] = &fp16_ref, [GK_BACKEND_CPU] = &gk_fp16_cpu},
 };
 
 const gk_codec gk_codec_bf16 = {
@@ -138,6 +138,5 @@ const gk_codec gk_codec_bf16 = {
     .ef_allowed = true,
     .phase_coll = bf16_coll,
     .max_bytes = cast_max_bytes,
-    .ref = &bf16_ref,
-    .cpu = &gk_bf16_cpu,
+    .impl = {[GK_BACKEND_REF] = &bf16_ref, [GK_BACKEND_CPU] = &gk_bf16_cpu},
 };

@@ -109,26 +109,43 @@ static int dgc_ref_decode(const gk_call *call, float *x, const void *const *recv
                                 call->layer->numel);
 }
 
-/* Checkpoints: the momentum u and, with error feedback, the residual r. */
-static int dgc_state_save(const void *state, const gk_layer *layer, FILE *f)
+/* The momentum and the residual do not depend on the density or the momentum factor:
+   a change of those keeps them (rebuilding would fold the old residual, still in x,
+   into the momentum a second time). Error feedback on or off changes what r means. */
+static bool dgc_state_keeps(const gk_spec *from, const gk_spec *to)
+{
+    return from->ef == to->ef;
+}
+
+/* Checkpoints ('DGC ' record, version 1): numel, whether r is kept, u, then r. */
+static int dgc_state_save(const void *state, const gk_layer *layer, gk_writer *w)
 {
     const gk_dgc_state *st = state;
     size_t n = layer->numel;
-    uint8_t has_r = st->r != NULL;
-    bool ok = fwrite(&has_r, 1, 1, f) == 1 && fwrite(st->u, sizeof(float), n, f) == n &&
-              (!st->r || fwrite(st->r, sizeof(float), n, f) == n);
-    return ok ? GCOMP_OK : GCOMP_IO;
+    gk_put_tag(w, "DGC ", 1);
+    gk_put_u64(w, n);
+    gk_put_u8(w, st->r != NULL);
+    gk_put_f32s(w, st->u, n);
+    if (st->r)
+        gk_put_f32s(w, st->r, n);
+    return w->failed ? GCOMP_IO : GCOMP_OK;
 }
 
-static int dgc_state_load(void *state, const gk_layer *layer, FILE *f)
+static int dgc_state_load(void *state, const gk_layer *layer, gk_reader *r)
 {
     gk_dgc_state *st = state;
     size_t n = layer->numel;
+    uint64_t numel;
     uint8_t has_r;
-    if (fread(&has_r, 1, 1, f) != 1 || (has_r != 0) != (st->r != NULL))
-        return GCOMP_PROTOCOL;
-    bool ok = fread(st->u, sizeof(float), n, f) == n && (!st->r || fread(st->r, sizeof(float), n, f) == n);
-    return ok ? GCOMP_OK : GCOMP_PROTOCOL;
+    if (gk_get_tag(r, "DGC ", 1, NULL) && gk_get_u64(r, &numel) && gk_get_u8(r, &has_r) &&
+        (numel != n || (has_r != 0) != (st->r != NULL)))
+        gk_reader_fail(r, "dgc state of %llu elements%s, the layer has %zu%s",
+                       (unsigned long long)numel, has_r ? " with a residual" : "", n,
+                       st->r ? " with a residual" : "");
+    gk_get_f32s(r, st->u, n);
+    if (st->r)
+        gk_get_f32s(r, st->r, n);
+    return r->failed ? GCOMP_PROTOCOL : GCOMP_OK;
 }
 
 static const gk_codec_impl dgc_ref = {.encode = dgc_ref_encode, .decode = dgc_ref_decode};
@@ -148,11 +165,13 @@ const gk_codec gk_codec_dgc = {
     .ef_default = true,
     .ef_allowed = true,
     .phase_coll = gk_sparse_coll_allgather,
+    .knob = "density",
+    .knob_more = -1,
     .max_bytes = gk_sparse_max_bytes_any,
     .state_new = dgc_state_new,
     .state_free = dgc_state_free,
+    .state_keeps = dgc_state_keeps,
     .state_save = dgc_state_save,
     .state_load = dgc_state_load,
-    .ref = &dgc_ref,
-    .cpu = &gk_dgc_cpu,
+    .impl = {[GK_BACKEND_REF] = &dgc_ref, [GK_BACKEND_CPU] = &gk_dgc_cpu},
 };

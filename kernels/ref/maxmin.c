@@ -99,8 +99,9 @@ static int maxmin_ref_decode(const gk_call *call, float *x, const void *const *r
     return GCOMP_OK;
 }
 
-static size_t maxmin_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t maxmin_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
 {
+    (void)step;
     (void)phase;
     return gk_maxmin_bytes(layer->numel, (size_t)spec->v[GK_MAXMIN_BUCKET],
                            (int)spec->v[GK_MAXMIN_BITS]);
@@ -123,7 +124,9 @@ const gk_codec gk_codec_maxmin = {
     .ef_default = true,
     .ef_allowed = true,
     .phase_coll = gk_allgather_coll,
+    .knob = "bits",
+    .knob_more = -1,
     .max_bytes = maxmin_max_bytes,
-    .ref = &maxmin_ref,
-    .cpu = &gk_maxmin_cpu,
+    .fixed_bytes = gk_payload_always_fixed,
+    .impl = {[GK_BACKEND_REF] = &maxmin_ref, [GK_BACKEND_CPU] = &gk_maxmin_cpu},
 };

@@ -70,7 +70,9 @@ const gk_codec gk_codec_mstopk = {
     .ef_default = true,
     .ef_allowed = true,
     .phase_coll = gk_sparse_coll_allgather,
+    .knob = "density",
+    .knob_more = -1,
     .max_bytes = gk_sparse_max_bytes_k,
-    .ref = &mstopk_ref,
-    .cpu = &gk_mstopk_cpu,
+    .fixed_bytes = gk_payload_always_fixed,
+    .impl = {[GK_BACKEND_REF] = &mstopk_ref, [GK_BACKEND_CPU] = &gk_mstopk_cpu},
 };

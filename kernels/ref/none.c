@@ -34,8 +34,9 @@ static bool none_compresses(const gk_spec *spec, const gk_layer *layer)
     return false;
 }
 
-static size_t none_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t none_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
 {
+    (void)step;
     (void)spec;
     (void)phase;
     return layer->numel * sizeof(float);
@@ -50,5 +51,5 @@ const gk_codec gk_codec_none = {
     .ef_allowed = false,
     .compresses = none_compresses,
     .max_bytes = none_max_bytes,
-    .ref = &none_ref,
+    .impl = {[GK_BACKEND_REF] = &none_ref},
 };

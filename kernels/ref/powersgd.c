@@ -115,12 +115,6 @@ static void ref_outer(const gk_lowrank_state *st, float *x, float *out, const fl
         }
 }
 
-/* Check that an allreduce result has the size of the expected factor. */
-static int check_recv(const size_t *bytes, int nrecv, size_t floats)
-{
-    return nrecv == 1 && bytes[0] == floats * sizeof(float) ? GCOMP_OK : GCOMP_PROTOCOL;
-}
-
 static int powersgd_ref_encode(const gk_call *call, float *x, void *send, size_t *bytes)
 {
     gk_lowrank_state *st = call->state;
@@ -146,13 +140,13 @@ static int powersgd_ref_decode(const gk_call *call, float *x, const void *const 
     gk_lowrank_state *st = call->state;
     const float *sum = recv[0];
     if (call->phase % 2 == 0) {
-        if (check_recv(bytes, nrecv, st->n * st->r))
+        if (gk_lowrank_check(recv, bytes, nrecv, st->n * st->r))
             return GCOMP_PROTOCOL;
         memcpy(st->p, sum, st->n * st->r * sizeof(float));
         gk_lowrank_orthogonalise_ref(st->p, st->n, st->r);
         return GCOMP_OK;
     }
-    if (check_recv(bytes, nrecv, st->m * st->r))
+    if (gk_lowrank_check(recv, bytes, nrecv, st->m * st->r))
         return GCOMP_PROTOCOL;
     for (size_t i = 0; i < st->m * st->r; i++)
         st->q[i] = sum[i] / (float)call->nodes;
@@ -184,7 +178,6 @@ static int unbiased_ref_encode(const gk_call *call, float *x, void *send, size_t
             return GCOMP_NOMEM;
         *bytes = st->m * st->r * sizeof(float);
     }
-    gk_lowrank_pad(st, send, bytes);
     return GCOMP_OK;
 }
 
@@ -195,7 +188,7 @@ static int unbiased_ref_decode(const gk_call *call, float *x, const void *const 
     bool pstep = call->step % 2 == 0;
     float *f = pstep ? st->p : st->q;
     size_t len = (pstep ? st->n : st->m) * st->r;
-    if (check_recv(bytes, nrecv, gk_lowrank_padded(st)))
+    if (gk_lowrank_check(recv, bytes, nrecv, gk_lowrank_unbiased_floats(st, call->step)))
         return GCOMP_PROTOCOL;
     const float *sum = recv[0];
     for (size_t i = 0; i < len; i++)
@@ -231,19 +224,21 @@ static bool unbiased_compresses(const gk_spec *spec, const gk_layer *layer)
     return (n + m) * r * 2.0 < n * m;
 }
 
-static size_t powersgd_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t powersgd_max_bytes(const gk_spec *spec, const gk_layer *layer,
+                                 int phase, uint64_t step)
 {
+    (void)step;
+    (void)step;
     size_t len = phase % 2 == 0 ? layer->rows : layer->cols;
     return len * gk_lowrank_rank(spec, layer) * sizeof(float);
 }
 
-static size_t unbiased_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t unbiased_max_bytes(const gk_spec *spec, const gk_layer *layer,
+                                 int phase, uint64_t step)
 {
     (void)phase;
-    /* The factor sent depends on the step's parity, which max_bytes does not see, and
-       an allreduce segment must be exactly max_bytes: both steps send r_t max(n, m)
-       floats, the smaller factor padded with zeros (gk_lowrank_pad). */
-    size_t len = layer->rows > layer->cols ? layer->rows : layer->cols;
+    /* P (n r_t floats) on even steps, Q (m r_t) on odd ones. */
+    size_t len = step % 2 == 0 ? layer->rows : layer->cols;
     return len * gk_lowrank_rank(spec, layer) * sizeof(float);
 }
 
@@ -294,31 +289,46 @@ static int powersgd_state_new(const gk_spec *spec, const gk_layer *layer, void *
     return GCOMP_OK;
 }
 
-/* Checkpoints: the factors (P, Q, this node's Q) and whether they hold a step's values. */
-static int lowrank_state_save(const void *state, const gk_layer *layer, FILE *f)
+/* Checkpoints ('PSGD' record, version 1): n, m, r, whether P and Q hold a step's
+   values and whether this node's Q is kept, then P, Q and this node's Q. */
+static int lowrank_state_save(const void *state, const gk_layer *layer, gk_writer *w)
 {
     (void)layer;
     const gk_lowrank_state *st = state;
-    uint8_t flags[3] = {st->have_p, st->have_q, st->qloc != NULL};
-    bool ok = fwrite(flags, 1, 3, f) == 3 && fwrite(st->p, sizeof(float), st->n * st->r, f) == st->n * st->r &&
-              fwrite(st->q, sizeof(float), st->m * st->r, f) == st->m * st->r &&
-              (!st->qloc || fwrite(st->qloc, sizeof(float), st->m * st->r, f) == st->m * st->r);
-    return ok ? GCOMP_OK : GCOMP_IO;
+    gk_put_tag(w, "PSGD", 1);
+    gk_put_u64(w, st->n);
+    gk_put_u64(w, st->m);
+    gk_put_u64(w, st->r);
+    gk_put_u8(w, st->have_p);
+    gk_put_u8(w, st->have_q);
+    gk_put_u8(w, st->qloc != NULL);
+    gk_put_f32s(w, st->p, st->n * st->r);
+    gk_put_f32s(w, st->q, st->m * st->r);
+    if (st->qloc)
+        gk_put_f32s(w, st->qloc, st->m * st->r);
+    return w->failed ? GCOMP_IO : GCOMP_OK;
 }
 
-static int lowrank_state_load(void *state, const gk_layer *layer, FILE *f)
+static int lowrank_state_load(void *state, const gk_layer *layer, gk_reader *r)
 {
     (void)layer;
     gk_lowrank_state *st = state;
-    uint8_t flags[3];
-    if (fread(flags, 1, 3, f) != 3 || (flags[2] != 0) != (st->qloc != NULL))
-        return GCOMP_PROTOCOL;
-    bool ok = fread(st->p, sizeof(float), st->n * st->r, f) == st->n * st->r &&
-              fread(st->q, sizeof(float), st->m * st->r, f) == st->m * st->r &&
-              (!st->qloc || fread(st->qloc, sizeof(float), st->m * st->r, f) == st->m * st->r);
-    st->have_p = flags[0];
-    st->have_q = flags[1];
-    return ok ? GCOMP_OK : GCOMP_PROTOCOL;
+    uint64_t n, m, rank;
+    uint8_t have_p, have_q, has_qloc;
+    if (gk_get_tag(r, "PSGD", 1, NULL) && gk_get_u64(r, &n) && gk_get_u64(r, &m) &&
+        gk_get_u64(r, &rank) && gk_get_u8(r, &have_p) && gk_get_u8(r, &have_q) &&
+        gk_get_u8(r, &has_qloc) &&
+        (n != st->n || m != st->m || rank != st->r || (has_qloc != 0) != (st->qloc != NULL)))
+        gk_reader_fail(r, "powersgd state of a %llux%llu layer at rank %llu, the layer is "
+                       "%zux%zu at rank %zu", (unsigned long long)n, (unsigned long long)m,
+                       (unsigned long long)rank, st->n, st->m, st->r);
+    gk_get_f32s(r, st->p, st->n * st->r);
+    gk_get_f32s(r, st->q, st->m * st->r);
+    if (st->qloc)
+        gk_get_f32s(r, st->qloc, st->m * st->r);
+    st->have_p = have_p;
+    st->have_q = have_q;
+    return r->failed ? GCOMP_PROTOCOL : GCOMP_OK;
 }
 
 static const gk_param_desc powersgd_params[] = {
@@ -348,14 +358,15 @@ const gk_codec gk_codec_powersgd = {
     .ef_default = true,
     .ef_allowed = true,
     .nphases = powersgd_nphases,
+    .knob = "rank",
+    .knob_more = -1,
     .compresses = powersgd_compresses,
     .max_bytes = powersgd_max_bytes,
     .state_new = powersgd_state_new,
     .state_free = lowrank_state_free,
     .state_save = lowrank_state_save,
     .state_load = lowrank_state_load,
-    .ref = &powersgd_ref,
-    .cpu = &gk_powersgd_cpu,
+    .impl = {[GK_BACKEND_REF] = &powersgd_ref, [GK_BACKEND_CPU] = &gk_powersgd_cpu},
 };
 
 const gk_codec gk_codec_powersgd_unbiased = {
@@ -365,12 +376,13 @@ const gk_codec gk_codec_powersgd_unbiased = {
     .nparams = sizeof(unbiased_params) / sizeof(unbiased_params[0]),
     .ef_default = false,
     .ef_allowed = false,
+    .knob = "rank",
+    .knob_more = -1,
     .compresses = unbiased_compresses,
     .max_bytes = unbiased_max_bytes,
     .state_new = lowrank_state_new,
     .state_free = lowrank_state_free,
     .state_save = lowrank_state_save,
     .state_load = lowrank_state_load,
-    .ref = &unbiased_ref,
-    .cpu = &gk_powersgd_unbiased_cpu,
+    .impl = {[GK_BACKEND_REF] = &unbiased_ref, [GK_BACKEND_CPU] = &gk_powersgd_unbiased_cpu},
 };

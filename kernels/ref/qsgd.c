@@ -78,8 +78,9 @@ static int qsgd_ref_decode(const gk_call *call, float *x, const void *const *rec
     return GCOMP_OK;
 }
 
-static size_t qsgd_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t qsgd_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
 {
+    (void)step;
     (void)phase;
     return gk_qsgd_bytes(layer->numel, (size_t)spec->v[GK_QSGD_BUCKET]);
 }
@@ -99,7 +100,9 @@ const gk_codec gk_codec_qsgd = {
     .ef_default = false,
     .ef_allowed = true,
     .phase_coll = gk_allgather_coll,
+    .knob = "levels",
+    .knob_more = -1,
     .max_bytes = qsgd_max_bytes,
-    .ref = &qsgd_ref,
-    .cpu = &gk_qsgd_cpu,
+    .fixed_bytes = gk_payload_always_fixed,
+    .impl = {[GK_BACKEND_REF] = &qsgd_ref, [GK_BACKEND_CPU] = &gk_qsgd_cpu},
 };

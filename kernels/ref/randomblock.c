@@ -51,7 +51,8 @@ const gk_codec gk_codec_randomblock = {
     .nparams = 1,
     .ef_default = true,
     .ef_allowed = true,
+    .knob = "density",
+    .knob_more = -1,
     .max_bytes = gk_sparse_max_bytes_values,
-    .ref = &randomblock_ref,
-    .cpu = &gk_randomblock_cpu,
+    .impl = {[GK_BACKEND_REF] = &randomblock_ref, [GK_BACKEND_CPU] = &gk_randomblock_cpu},
 };

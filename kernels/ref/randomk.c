@@ -90,7 +90,8 @@ const gk_codec gk_codec_randomk = {
     .nparams = 1,
     .ef_default = true,
     .ef_allowed = true,
+    .knob = "density",
+    .knob_more = -1,
     .max_bytes = gk_sparse_max_bytes_values,
-    .ref = &randomk_ref,
-    .cpu = &gk_randomk_cpu,
+    .impl = {[GK_BACKEND_REF] = &randomk_ref, [GK_BACKEND_CPU] = &gk_randomk_cpu},
 };

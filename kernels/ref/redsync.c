@@ -57,7 +57,8 @@ const gk_codec gk_codec_redsync = {
     .ef_default = true,
     .ef_allowed = true,
     .phase_coll = gk_sparse_coll_allgather,
+    .knob = "density",
+    .knob_more = -1,
     .max_bytes = gk_sparse_max_bytes_any,
-    .ref = &redsync_ref,
-    .cpu = &gk_redsync_cpu,
+    .impl = {[GK_BACKEND_REF] = &redsync_ref, [GK_BACKEND_CPU] = &gk_redsync_cpu},
 };

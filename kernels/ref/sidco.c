@@ -67,7 +67,8 @@ const gk_codec gk_codec_sidco = {
     .ef_default = true,
     .ef_allowed = true,
     .phase_coll = gk_sparse_coll_allgather,
+    .knob = "density",
+    .knob_more = -1,
     .max_bytes = gk_sparse_max_bytes_any,
-    .ref = &sidco_ref,
-    .cpu = &gk_sidco_cpu,
+    .impl = {[GK_BACKEND_REF] = &sidco_ref, [GK_BACKEND_CPU] = &gk_sidco_cpu},
 };

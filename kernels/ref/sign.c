@@ -148,22 +148,27 @@ static int onebit_ref_decode(const gk_call *call, float *x, const void *const *r
     return GCOMP_OK;
 }
 
-static size_t signsgd_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t signsgd_max_bytes(const gk_spec *spec, const gk_layer *layer,
+                                int phase, uint64_t step)
 {
+    (void)step;
     (void)spec;
     (void)phase;
     return gk_signsgd_bytes(layer->numel);
 }
 
-static size_t signnorm_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t signnorm_max_bytes(const gk_spec *spec, const gk_layer *layer,
+                                 int phase, uint64_t step)
 {
+    (void)step;
     (void)spec;
     (void)phase;
     return gk_signnorm_bytes(layer->numel);
 }
 
-static size_t onebit_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t onebit_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase, uint64_t step)
 {
+    (void)step;
     (void)spec;
     (void)phase;
     return gk_onebit_bytes(layer->numel);
@@ -183,8 +188,8 @@ const gk_codec gk_codec_signsgd = {
     .ef_allowed = false,
     .phase_coll = gk_allgather_coll,
     .max_bytes = signsgd_max_bytes,
-    .ref = &signsgd_ref,
-    .cpu = &gk_signsgd_cpu,
+    .fixed_bytes = gk_payload_always_fixed,
+    .impl = {[GK_BACKEND_REF] = &signsgd_ref, [GK_BACKEND_CPU] = &gk_signsgd_cpu},
 };
 
 const gk_codec gk_codec_signnorm = {
@@ -194,8 +199,8 @@ const gk_codec gk_codec_signnorm = {
     .ef_allowed = true,
     .phase_coll = gk_allgather_coll,
     .max_bytes = signnorm_max_bytes,
-    .ref = &signnorm_ref,
-    .cpu = &gk_signnorm_cpu,
+    .fixed_bytes = gk_payload_always_fixed,
+    .impl = {[GK_BACKEND_REF] = &signnorm_ref, [GK_BACKEND_CPU] = &gk_signnorm_cpu},
 };
 
 const gk_codec gk_codec_onebit = {
@@ -205,6 +210,6 @@ const gk_codec gk_codec_onebit = {
     .ef_allowed = true,
     .phase_coll = gk_allgather_coll,
     .max_bytes = onebit_max_bytes,
-    .ref = &onebit_ref,
-    .cpu = &gk_onebit_cpu,
+    .fixed_bytes = gk_payload_always_fixed,
+    .impl = {[GK_BACKEND_REF] = &onebit_ref, [GK_BACKEND_CPU] = &gk_onebit_cpu},
 };

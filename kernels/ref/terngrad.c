@@ -78,8 +78,10 @@ static int terngrad_ref_decode(const gk_call *call, float *x, const void *const 
     return GCOMP_OK;
 }
 
-static size_t terngrad_max_bytes(const gk_spec *spec, const gk_layer *layer, int phase)
+static size_t terngrad_max_bytes(const gk_spec *spec, const gk_layer *layer,
+                                 int phase, uint64_t step)
 {
+    (void)step;
     (void)spec;
     (void)phase;
     return gk_terngrad_bytes(layer->numel);
@@ -95,6 +97,6 @@ const gk_codec gk_codec_terngrad = {
     .ef_allowed = true,
     .phase_coll = gk_allgather_coll,
     .max_bytes = terngrad_max_bytes,
-    .ref = &terngrad_ref,
-    .cpu = &gk_terngrad_cpu,
+    .fixed_bytes = gk_payload_always_fixed,
+    .impl = {[GK_BACKEND_REF] = &terngrad_ref, [GK_BACKEND_CPU] = &gk_terngrad_cpu},
 };

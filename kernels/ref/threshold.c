@@ -41,7 +41,8 @@ const gk_codec gk_codec_threshold = {
     .ef_default = true,
     .ef_allowed = true,
     .phase_coll = gk_sparse_coll_allgather,
+    .knob = "lambda",
+    .knob_more = 1,
     .max_bytes = gk_sparse_max_bytes_any,
-    .ref = &threshold_ref,
-    .cpu = &gk_threshold_cpu,
+    .impl = {[GK_BACKEND_REF] = &threshold_ref, [GK_BACKEND_CPU] = &gk_threshold_cpu},
 };

@@ -69,7 +69,9 @@ const gk_codec gk_codec_topk = {
     .ef_default = true,
     .ef_allowed = true,
     .phase_coll = gk_sparse_coll_allgather,
+    .knob = "density",
+    .knob_more = -1,
     .max_bytes = gk_sparse_max_bytes_k,
-    .ref = &topk_ref,
-    .cpu = &gk_topk_cpu,
+    .fixed_bytes = gk_payload_always_fixed,
+    .impl = {[GK_BACKEND_REF] = &topk_ref, [GK_BACKEND_CPU] = &gk_topk_cpu},
 };

@@ -169,7 +169,7 @@ static int bench_step(const gk_spec *spec, const gk_layer *layer, void *state, u
                       bench_buf *b, bench_result *res)
 {
     const gk_codec *c = spec->codec;
-    const gk_codec_impl *impl = gk_codec_impl_of(c);
+    const gk_codec_impl *impl = gk_codec_impl_of(c, GK_BACKEND_CPU);
     bench_result scratch = {0};
     res = res ? res : &scratch;
     int rc = GCOMP_OK;
@@ -177,7 +177,7 @@ static int bench_step(const gk_spec *spec, const gk_layer *layer, void *state, u
     int nphases = c->nphases ? c->nphases(spec) : 1;
     for (int p = 0; p < nphases && !rc; p++) {
         gk_coll coll = c->phase_coll ? c->phase_coll(spec, p) : GK_COLL_ALLREDUCE_F32;
-        size_t max = c->max_bytes(spec, layer, p), bytes = 0;
+        size_t max = gk_payload_bytes(spec, layer, p, step), bytes = 0;
         rc = bench_grow(b, max ? max : 1);
         if (rc)
             break;

@@ -33,7 +33,7 @@ def main():
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
     mpi = run_json(["mpirun", *root, "--oversubscribe", "-np", str(a.nodes),
                     f"{b}/tests/bench/bench_allreduce", str(a.iters), *sizes])
-    run = [f"{b}/deploy/gcomp-run", "--trainers-per-node", "1", "--"]
+    run = [f"{b}/deploy/gcomp-run", "--raw-output", "--trainers-per-node", "1", "--"]
     trainer = [f"{b}/tests/bench/bench_trainer", str(a.iters), *sizes]
     multi = run_json([run[0], "--nodes", str(a.nodes), *run[1:], *trainer])
     single = run_json([run[0], "--nodes", "1", *run[1:], *trainer])

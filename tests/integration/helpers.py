@@ -1,10 +1,15 @@
 """Shared pieces of the integration tests: paths, daemons under mpirun, agent trainers.
 
-Every process started here is the leader of its own session; ``kill()`` kills the whole
-session (mpirun's ranks included), so a failing test leaves nothing behind as long as
-the fixtures in conftest.py call it (they do, in their finally).
+Every process the tests start is started by :func:`popen` (or :func:`run`): the leader
+of its own session, so ``kill_session`` ends it with everything it started (mpirun's
+ranks included) when a test is done, which the fixtures in conftest.py do in their
+finally; and tied to the test process by PR_SET_PDEATHSIG, so that it dies also when
+the test process is killed outright (SIGKILL, a timeout) and no finally runs. mpirun's
+ranks are tied to mpirun the same way (``setpriv --pdeathsig``). Launchers (gcomp-run,
+gcomp-replay) get SIGTERM, on which they stop everything they started; the rest SIGKILL.
 """
 
+import ctypes
 import json
 import os
 import secrets
@@ -55,6 +60,58 @@ class Build:
             del env[k]  # no job settings leak in from the test's own environment
         env.update({k: str(v) for k, v in extra.items()})
         return env
+
+
+# A trainer command: connects, says so in a file of its own (READY_DIR/GCOMP_RANK), sleeps.
+CONNECT_AND_SLEEP = ("import gcomp, os, time; c = gcomp.Client(); "
+                     "open(os.path.join(os.environ['READY_DIR'], os.environ['GCOMP_RANK']), "
+                     "'w').close(); time.sleep(300)")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent, sig):
+    """A preexec_fn: the child gets sig when `parent` (the test process) dies."""
+    def preexec():
+        if _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+    return preexec
+
+
+def popen(argv, on_test_death=signal.SIGKILL, **kwargs):
+    """subprocess.Popen(argv, **kwargs) as the leader of a new session that gets
+    on_test_death when the test process dies (SIGTERM for launchers that clean up)."""
+    return subprocess.Popen(argv, start_new_session=True,
+                            preexec_fn=_die_with(os.getpid(), on_test_death), **kwargs)
+
+
+def run(argv, timeout, on_test_death=signal.SIGKILL, **kwargs):
+    """subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    through popen(); whatever is left of its session afterwards is killed."""
+    proc = popen(argv, on_test_death, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 text=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_session(proc.pid, grace=0)
+        proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def wait_for_files(paths, timeout, proc=None, what="files"):
+    """Wait until every path exists; AssertionError after timeout or if proc exits first."""
+    deadline = time.monotonic() + timeout
+    while not all(os.path.exists(p) for p in paths):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode} before "
+                                 f"{[p for p in paths if not os.path.exists(p)]} appeared")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: {[p for p in paths if not os.path.exists(p)]} did "
+                                 f"not appear within {timeout} s")
+        time.sleep(0.05)
 
 
 def mpirun_base():
@@ -144,7 +201,8 @@ class Daemons:
         self.dir = tempfile.mkdtemp(prefix="gct-", dir="/tmp")
         self.job_id = "test-" + secrets.token_hex(6)
         self.logpath = os.path.join(logdir or self.dir, f"daemons-{self.job_id}.log")
-        argv = mpirun_base() + ["-np", str(self.nodes), build.gcompd, "--dir", self.dir,
+        argv = mpirun_base() + ["-np", str(self.nodes), "setpriv", "--pdeathsig", "KILL", "--",
+                                build.gcompd, "--dir", self.dir,
                                 "--job-id", self.job_id,
                                 "--trainers", ",".join(map(str, self.trainers))]
         if codec:
@@ -154,9 +212,8 @@ class Daemons:
         argv += list(extra)
         self.argv = argv
         self._log = open(self.logpath, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=build.env(),
-                                     start_new_session=True)
+        self.proc = popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
+                          stderr=subprocess.STDOUT, env=build.env())
 
     def sock(self, node=0):
         return os.path.join(self.dir, f"node{node}.sock")
@@ -188,9 +245,8 @@ class Daemons:
 
     def gcompctl(self, *args, node=0, timeout=20):
         """Run gcompctl against one node's control socket."""
-        return subprocess.run([self.build.gcompctl, "--socket", self.ctl(node), *args],
-                              capture_output=True, text=True, timeout=timeout,
-                              env=self.build.env())
+        return run([self.build.gcompctl, "--socket", self.ctl(node), *args], timeout,
+                   env=self.build.env())
 
     def daemon_pids(self):
         """{node: pid} of the gcompd processes of this job."""
@@ -234,9 +290,8 @@ class Agent:
         self.name = name
         self.errpath = os.path.join(logdir or tempfile.gettempdir(), f"{name}-{secrets.token_hex(3)}.err")
         self._err = open(self.errpath, "wb")
-        self.proc = subprocess.Popen([PYTHON, AGENT], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._err,
-                                     env=build.env(), start_new_session=True)
+        self.proc = popen([PYTHON, AGENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=self._err, env=build.env())
         self._buf = b""
 
     def send(self, op, **args):

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import PYTHON
+from helpers import PYTHON, run
 
 import gcomp
 from gcomp import _lib
@@ -33,9 +33,8 @@ def test_error_attributes(build):
 
 
 def test_library_not_found_is_clear(build):
-    res = subprocess.run([PYTHON, "-c", "import gcomp; gcomp.Client(socket='/x', job_id='j', local_rank=0)"],
-                         capture_output=True, text=True, timeout=60,
-                         env=build.env(GCOMP_LIBRARY="/nonexistent/libgcomp-client.so"))
+    res = run([PYTHON, "-c", "import gcomp; gcomp.Client(socket='/x', job_id='j', local_rank=0)"],
+              60, env=build.env(GCOMP_LIBRARY="/nonexistent/libgcomp-client.so"))
     assert res.returncode != 0
     assert "OSError" in res.stderr and "/nonexistent/libgcomp-client.so" in res.stderr, res.stderr
 

@@ -6,10 +6,12 @@ constant gradient; non-finite input failed or skipped."""
 import json
 import os
 import re
-import subprocess
+import signal
 
 import numpy as np
 import pytest
+
+from helpers import run
 
 # One eligible conv, one eligible fc, one 1-D bias (always dense), in two buckets.
 LAYERS = {"b0": [("conv.weight", (32, 16, 3, 3)), ("conv.bias", (32,)), ("fc.weight", (64, 128))],
@@ -18,7 +20,9 @@ LAYERS = {"b0": [("conv.weight", (32, 16, 3, 3)), ("conv.bias", (32,)), ("fc.wei
 
 def codec_names(build):
     """The codecs the daemon has (from gcompd --help), so new codecs are covered too."""
-    out = subprocess.run([build.gcompd, "--help"], capture_output=True, text=True, check=True).stdout
+    res = run([build.gcompd, "--help"], 60)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
     section = out.split("codecs (")[1].split("\n\n")[0]
     return [m.group(1) for m in re.finditer(r"^  (\w+) ", section, re.M)]
 
@@ -52,9 +56,8 @@ def random_grads(workers, steps, seed):
 
 
 def replay(build, trace, out, *args, env=None):
-    return subprocess.run([build.gcomp_replay, trace, "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=300,
-                          env=build.env(GCOMP_LOG_LEVEL="warning", **(env or {})))
+    return run([build.gcomp_replay, trace, "--out", str(out), *args], 300, signal.SIGTERM,
+               env=build.env(GCOMP_LOG_LEVEL="warning", **(env or {})))
 
 
 def load(out, step, bucket, worker=None):

@@ -5,12 +5,13 @@ parameters, and each policy reacts where its paper says it should."""
 import json
 import os
 import shutil
-import subprocess
+import signal
 import time
 
 import numpy as np
 import pytest
 
+from helpers import run
 from test_codecs import load, numel, replay, stats, write_trace
 
 LAYERS = {"b0": [("conv.weight", (64, 32, 3, 3)), ("conv.bias", (64,)), ("fc.weight", (128, 256))]}
@@ -201,7 +202,7 @@ def perfmodel_choice(build, tmp_path, name, wrap=None):
         env.update(OMPI_MCA_btl="tcp,self", OMPI_MCA_btl_tcp_if_include="lo",
                    OMPI_MCA_oob_tcp_if_include="lo")
         argv = wrap[:-1] + [wrap[-1] + " ".join(f"'{a}'" for a in argv)]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    r = run(argv, 300, signal.SIGTERM, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     last = stats(out)[-1]
     return {l["name"]: l["codec"] for l in last["layers"] if l["name"] != "conv.bias"}
@@ -214,9 +215,9 @@ def test_perfmodel_compresses_on_a_slow_link_and_not_on_a_fast_one(build, tmp_pa
     assert set(fast.values()) == {"none"}, fast
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("tc"):
         pytest.skip("shaping a link needs root, unshare and tc")
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    probe = run(["unshare", "-n", "true"], 60)
     if probe.returncode != 0:
-        pytest.skip(f"no network namespaces here: {probe.stderr.decode().strip()}")
+        pytest.skip(f"no network namespaces here: {probe.stderr.strip()}")
     shape = ("ip link set lo up && tc qdisc add dev lo root tbf rate 200mbit burst 1mb "
              "latency 200ms && exec ")
     slow = perfmodel_choice(build, tmp_path, "slow", wrap=["unshare", "-n", "sh", "-c", shape])

@@ -4,12 +4,13 @@ one well-formed record per step and bucket, and invalid traces are refused clear
 import json
 import math
 import os
-import subprocess
+import signal
 
 import numpy as np
 import pytest
 
 import make_trace
+from helpers import run
 
 STEPS = 2
 STATS_FIELDS = ("step", "bucket", "node", "nodes", "dense_bytes", "payload_bytes",
@@ -33,8 +34,8 @@ def traces(tmp_path_factory):
 
 
 def replay(build, trace, out, *args, timeout=240):
-    return subprocess.run([build.gcomp_replay, trace, "--out", str(out), *args],
-                          capture_output=True, text=True, env=build.env(), timeout=timeout)
+    return run([build.gcomp_replay, trace, "--out", str(out), *args], timeout, signal.SIGTERM,
+               env=build.env())
 
 
 def check_outputs(trace, out, nodes):

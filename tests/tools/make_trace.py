@@ -69,6 +69,23 @@ def resnet18_layers():
     return layers + [("fc.weight", (1000, 512)), ("fc.bias", (1000,))]
 
 
+def resnet50_layers():
+    """ResNet-50 (torchvision, ImageNet) parameters in definition order: 25,557,032."""
+    layers = _conv("conv1", 64, 3, 7) + _bn("bn1", 64)
+    cin = 64
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
+        for block in range(blocks):
+            p = f"layer{stage}.{block}"
+            layers += _conv(f"{p}.conv1", width, cin, 1) + _bn(f"{p}.bn1", width)
+            layers += _conv(f"{p}.conv2", width, width, 3) + _bn(f"{p}.bn2", width)
+            layers += _conv(f"{p}.conv3", 4 * width, width, 1) + _bn(f"{p}.bn3", 4 * width)
+            if block == 0:
+                layers += _conv(f"{p}.downsample.0", 4 * width, cin, 1)
+                layers += _bn(f"{p}.downsample.1", 4 * width)
+            cin = 4 * width
+    return layers + [("fc.weight", (1000, 2048)), ("fc.bias", (1000,))]
+
+
 def bucketize(layers, cap_bytes):
     """Group layers into buckets of at most cap_bytes (one layer may exceed it alone),
     in reverse order like DDP (the last layers' gradients are ready first)."""
@@ -108,6 +125,8 @@ def preset_buckets(preset, rng=None, bucket_kb=None):
         return bucketize(small_layers(), 1024 * (bucket_kb or 64))
     if preset == "resnet":
         return bucketize(resnet18_layers(), 1024 * (bucket_kb or 25 * 1024))
+    if preset == "resnet50":
+        return bucketize(resnet50_layers(), 1024 * (bucket_kb or 25 * 1024))
     if preset == "random":
         return random_buckets(rng if rng is not None else np.random.default_rng(0))
     raise ValueError(f"unknown preset {preset!r} (small, resnet, random)")

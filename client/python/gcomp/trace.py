@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import tokenize
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -81,7 +82,11 @@ def _fail(path, text):
 def _check_name(path, what, name):
     if not isinstance(name, str) or not name:
         _fail(path, f"{what} must be a non-empty string, got {name!r}")
-    if len(name.encode()) > MAX_NAME or "\0" in name:
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") from the JSON
+        _fail(path, f"{what} {name!r} is not valid Unicode text")
+    if len(encoded) > MAX_NAME or "\0" in name:
         _fail(path, f"{what} {name!r} is longer than {MAX_NAME} bytes or holds a NUL")
 
 
@@ -104,6 +109,8 @@ def load(path):
         raise TraceError(f"{mpath}: no such file (is {path} a gcomp trace?)") from None
     except (OSError, ValueError) as exc:
         raise TraceError(f"{mpath}: cannot read it: {exc}") from None
+    except RecursionError:
+        raise TraceError(f"{mpath}: cannot read it: JSON nested too deeply") from None
     if not isinstance(manifest, dict):
         _fail(mpath, "expected a JSON object")
     if manifest.get("format") != FORMAT:
@@ -203,7 +210,9 @@ def check_npy(path, bucket):
                 shape, fortran, dtype = npy_format.read_array_header_2_0(f)
             else:
                 _fail(path, f"npy format version {version[0]}.{version[1]} is not supported (1.0)")
-        except ValueError as exc:
+        except (ValueError, SyntaxError, tokenize.TokenError) as exc:
+            # numpy parses the header with Python's tokenizer: a malformed one raises
+            # its errors too.
             raise TraceError(f"{path}: not a valid .npy file: {exc}") from None
         offset = f.tell()
         size = os.fstat(f.fileno()).st_size

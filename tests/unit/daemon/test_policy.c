@@ -1,7 +1,12 @@
-/* Policy specs: the registry, the codec shorthand, keys that continue the codec spec. */
+/* Policy specs: the registry, the codec shorthand, keys that continue the codec spec; the
+   registry's contracts: checkpoint records (each policy's own tag, a fresh state round
+   trips, another policy's record refused), collect() where nstats says, and the
+   two-step size pattern gp_payload_mean() relies on. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -90,12 +95,141 @@ static void test_errors(void **st)
     assert_null(p);
 }
 
+/* A fresh instance of every policy, or NULL for those without a checkpoint. */
+static gp_instance *fresh(int i)
+{
+    const gp_policy *p = gp_policies[i];
+    if (!p->save)
+        return NULL;
+    gp_instance *inst = NULL;
+    char err[1024];
+    if (gp_instance_create(p->name, NULL, &inst, err, sizeof(err)))
+        fail_msg("policy '%s' refuses its defaults: %s", p->name, err);
+    return inst;
+}
+
+static unsigned char *save(gp_instance *p, size_t *len)
+{
+    char *buf = NULL;
+    FILE *f = open_memstream(&buf, len);
+    assert_non_null(f);
+    gk_writer w = {.f = f};
+    assert_int_equal(p->policy->save(p->state, &w), GCOMP_OK);
+    assert_int_equal(fclose(f), 0);
+    return (unsigned char *)buf;
+}
+
+static int load(gp_instance *p, unsigned char *buf, size_t len, char *err, size_t errlen)
+{
+    FILE *f = fmemopen(buf, len, "r");
+    assert_non_null(f);
+    gk_reader r = {.f = f};
+    int rc = p->policy->load(p->state, &r);
+    snprintf(err, errlen, "%s", r.err);
+    if (rc == GCOMP_OK)
+        assert_int_equal(ftell(f), (long)len);
+    fclose(f);
+    return rc;
+}
+
+/* Every policy's checkpoint starts with a record header of its own tag; a fresh state
+   round trips; another policy's record is refused, naming both tags. */
+static void test_checkpoint_records(void **st)
+{
+    (void)st;
+    char tags[16][5];
+    int ntags = 0;
+    for (int i = 0; i < gp_npolicies; i++) {
+        gp_instance *a = fresh(i);
+        if (!a) {
+            assert_null(gp_policies[i]->load);
+            continue;
+        }
+        assert_non_null(a->policy->load);
+        size_t len;
+        unsigned char *ck = save(a, &len);
+        assert_true(len >= 8);
+        /* The tag: 4 printable characters, one per policy. */
+        assert_true(ntags < 16);
+        memcpy(tags[ntags], ck, 4);
+        tags[ntags][4] = '\0';
+        for (int k = 0; k < 4; k++)
+            assert_true(ck[k] >= 0x20 && ck[k] < 0x7f);
+        for (int k = 0; k < ntags; k++)
+            assert_string_not_equal(tags[k], tags[ntags]);
+        ntags++;
+        gp_instance *b = fresh(i);
+        char err[256];
+        assert_int_equal(load(b, ck, len, err, sizeof(err)), GCOMP_OK);
+        for (int j = 0; j < gp_npolicies; j++) {
+            gp_instance *o = fresh(j);
+            if (!o || j == i) {
+                gp_instance_destroy(o);
+                continue;
+            }
+            assert_int_equal(load(o, ck, len, err, sizeof(err)), GCOMP_INVALID);
+            char want[64];
+            snprintf(want, sizeof(want), "found '%.4s'", (const char *)ck);
+            if (!strstr(err, want) || !strstr(err, "expected a '"))
+                fail_msg("%s loading %s's checkpoint: '%s'", o->policy->name, a->policy->name,
+                         err);
+            gp_instance_destroy(o);
+        }
+        free(ck);
+        gp_instance_destroy(a);
+        gp_instance_destroy(b);
+    }
+    assert_true(ntags >= 5);
+}
+
+/* collect() exists exactly where nstats says numbers come from it; a policy that may run
+   it concurrently has one. */
+static void test_collect_contract(void **st)
+{
+    (void)st;
+    for (int i = 0; i < gp_npolicies; i++) {
+        const gp_policy *p = gp_policies[i];
+        assert_true((p->nstats > 0) == (p->collect != NULL));
+        assert_true(!p->collect_concurrent || p->collect);
+    }
+}
+
+/* gp_payload_mean() averages two steps: every codec's payload sizes repeat with a period
+   of at most two steps. */
+static void test_payload_period(void **st)
+{
+    (void)st;
+    const gk_layer layers[] = {
+        {.id = 1, .ndim = 2, .rows = 64, .cols = 576, .numel = 64 * 576},
+        {.id = 2, .ndim = 2, .rows = 1000, .cols = 3, .numel = 3000},
+        {.id = 3, .ndim = 4, .rows = 17, .cols = 99, .numel = 17 * 99},
+    };
+    for (int c = 0; c < gk_ncodecs; c++) {
+        gk_spec s;
+        char err[512];
+        assert_int_equal(gk_spec_parse(gk_codecs[c]->name, &s, err, sizeof(err)), GCOMP_OK);
+        for (size_t l = 0; l < sizeof(layers) / sizeof(layers[0]); l++)
+            for (int p = 0; p < gk_spec_nphases(&s); p++)
+                for (uint64_t t = 2; t < 9; t++)
+                    if (gk_payload_bytes(&s, &layers[l], p, t) !=
+                        gk_payload_bytes(&s, &layers[l], p, t - 2))
+                        fail_msg("codec %s phase %d: %zu bytes at step %llu, %zu two steps "
+                                 "before", gk_codecs[c]->name, p,
+                                 gk_payload_bytes(&s, &layers[l], p, t),
+                                 (unsigned long long)t,
+                                 gk_payload_bytes(&s, &layers[l], p, t - 2));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_static_and_shorthand),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_overrides_and_spec_continuation),
+        cmocka_unit_test(test_checkpoint_records),
+        cmocka_unit_test(test_collect_contract),
+        cmocka_unit_test(test_payload_period),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,7 +23,7 @@ int codec_sim_init(codec_sim *s, const char *spec, const gk_layer *layer, int no
         return -1;
     }
     s->layer = *layer;
-    s->impl = impl ? impl : gk_codec_impl_of(s->spec.codec);
+    s->impl = impl ? impl : gk_codec_impl_of(s->spec.codec, GK_BACKEND_CPU);
     s->nodes = nodes;
     s->seed = 42;
     s->x = calloc(nodes, sizeof(*s->x));
@@ -66,7 +66,7 @@ int codec_sim_step(codec_sim *s, uint64_t step, const float *const *g, float **o
     }
     for (int p = 0; p < nphases && !rc; p++) {
         gk_coll coll = c->phase_coll ? c->phase_coll(&s->spec, p) : GK_COLL_ALLREDUCE_F32;
-        size_t max = c->max_bytes(&s->spec, &s->layer, p);
+        size_t max = gk_payload_bytes(&s->spec, &s->layer, p, step);
         for (int w = 0; w < W && !rc; w++) {
             gk_call call = {.spec = &s->spec, .layer = &s->layer, .state = s->state[w],
                             .phase = p, .nodes = W, .node = w, .step = step, .seed = s->seed};

@@ -143,8 +143,8 @@ static inline tu_conf tu_conformance(const char *spec, gk_layer layer, int W, in
         return c;
     }
     const gk_codec *codec = a.spec.codec;
-    a.impl = use_ref_a ? codec->ref : gk_codec_impl_of(codec);
-    b.impl = codec->ref;
+    a.impl = use_ref_a ? codec->impl[GK_BACKEND_REF] : gk_codec_impl_of(codec, GK_BACKEND_CPU);
+    b.impl = codec->impl[GK_BACKEND_REF];
     size_t d = layer.numel;
     float **g = tu_alloc(W, d), **oa = tu_alloc(W, d), **ob = tu_alloc(W, d);
     size_t bad = 0, seen = 0;

@@ -116,7 +116,7 @@ static void test_zero_gradient_gives_zero(void **st)
             codec_sim s;
             assert_int_equal(codec_sim_init(&s, cases[i].spec, &l, 3, NULL), 0);
             if (which)
-                s.impl = s.spec.codec->ref;
+                s.impl = s.spec.codec->impl[GK_BACKEND_REF];
             float **g = tu_alloc(3, l.numel), **out = tu_alloc(3, l.numel);
             for (int t = 0; t < 3; t++) {
                 for (int w = 0; w < 3; w++)

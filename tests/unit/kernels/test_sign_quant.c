@@ -30,7 +30,7 @@ static void one_step(const char *spec, gk_layer l, int W, float **g, bool impl_r
     codec_sim s;
     assert_int_equal(codec_sim_init(&s, spec, &l, W, NULL), 0);
     if (impl_ref)
-        s.impl = s.spec.codec->ref;
+        s.impl = s.spec.codec->impl[GK_BACKEND_REF];
     float **out = tu_alloc(W, l.numel);
     assert_int_equal(codec_sim_step(&s, step, (const float *const *)g, out), 0);
     for (int w = 1; w < W; w++) /* every node decodes the same mean */
@@ -178,7 +178,7 @@ static double unbiased_gap(const char *spec, bool ref, const float *data, size_t
     codec_sim s;
     assert_int_equal(codec_sim_init(&s, spec, &l, 1, NULL), 0);
     if (ref)
-        s.impl = s.spec.codec->ref;
+        s.impl = s.spec.codec->impl[GK_BACKEND_REF];
     float **g = tu_alloc(1, d), **out = tu_alloc(1, d);
     memcpy(g[0], data, d * sizeof(float));
     double *acc = calloc(d, sizeof(double)), single = 0.0;
@@ -367,7 +367,7 @@ static void test_error_feedback_constant_gradient(void **st)
             assert_int_equal(codec_sim_init(&s, specs[c], &l, 3, NULL), 0);
             assert_true(s.spec.ef);
             if (ref)
-                s.impl = s.spec.codec->ref;
+                s.impl = s.spec.codec->impl[GK_BACKEND_REF];
             double sum[300] = {0}, at10 = 0.0, atT = 0.0;
             const int T = 400;
             for (int t = 1; t <= T; t++) {
@@ -406,12 +406,12 @@ static void test_decode_rejects_bad_payloads(void **st)
         gk_spec s;
         char err[256];
         assert_int_equal(gk_spec_parse(specs[c], &s, err, sizeof(err)), GCOMP_OK);
-        size_t n = s.codec->max_bytes(&s, &l, 0);
+        size_t n = gk_payload_bytes(&s, &l, 0, 0);
         uint8_t *p = calloc(n, 1);
         float x[100] = {0}, out[100];
         tu_normal(x, 100, 1, 1, 1.0f);
         gk_call call = {.spec = &s, .layer = &l, .nodes = 1, .node = 0, .seed = 1};
-        const gk_codec_impl *impls[] = {s.codec->ref, gk_codec_impl_of(s.codec)};
+        const gk_codec_impl *impls[] = {s.codec->impl[GK_BACKEND_REF], gk_codec_impl_of(s.codec, GK_BACKEND_CPU)};
         for (int k = 0; k < 2; k++) {
             size_t bytes = 0;
             assert_int_equal(impls[k]->encode(&call, x, p, &bytes), 0);

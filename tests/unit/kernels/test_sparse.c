@@ -81,7 +81,7 @@ static void *encode_one(const gk_spec *spec, const gk_codec_impl *impl, const gk
                         void *state, float *x, int nodes, int node, uint64_t step,
                         size_t *bytes)
 {
-    size_t max = spec->codec->max_bytes(spec, layer, 0);
+    size_t max = gk_payload_bytes(spec, layer, 0, 0);
     void *send = calloc(max ? max : 1, 1);
     assert_non_null(send);
     gk_call call = {.spec = spec, .layer = layer, .state = state, .phase = 0,
@@ -199,8 +199,8 @@ static void test_exact_conformance(void **st)
                     memcpy(xc, g, n * sizeof(float));
                     void *sr = new_state(&spec, &layer), *sc = new_state(&spec, &layer);
                     size_t br, bc;
-                    void *pr = encode_one(&spec, spec.codec->ref, &layer, sr, xr, 1, 0, 5, &br);
-                    void *pc = encode_one(&spec, spec.codec->cpu, &layer, sc, xc, 1, 0, 5, &bc);
+                    void *pr = encode_one(&spec, spec.codec->impl[GK_BACKEND_REF], &layer, sr, xr, 1, 0, 5, &br);
+                    void *pc = encode_one(&spec, spec.codec->impl[GK_BACKEND_CPU], &layer, sc, xc, 1, 0, 5, &bc);
                     assert_int_equal(br, bc);
                     if (memcmp(pr, pc, br) != 0)
                         fail_msg("%s on %zu elements (kind %zu): cpu payload differs from ref",
@@ -219,8 +219,8 @@ static void test_exact_conformance(void **st)
                         continue;
                     }
                     codec_sim simr, simc;
-                    assert_int_equal(codec_sim_init(&simr, text, &layer, 3, spec.codec->ref), 0);
-                    assert_int_equal(codec_sim_init(&simc, text, &layer, 3, spec.codec->cpu), 0);
+                    assert_int_equal(codec_sim_init(&simr, text, &layer, 3, spec.codec->impl[GK_BACKEND_REF]), 0);
+                    assert_int_equal(codec_sim_init(&simc, text, &layer, 3, spec.codec->impl[GK_BACKEND_CPU]), 0);
                     float *gs[3], *outr[3], *outc[3];
                     for (int w = 0; w < 3; w++) {
                         gs[w] = malloc(n * sizeof(float));
@@ -275,7 +275,7 @@ static void test_approx_invariants(void **st)
                       *out = malloc(n * sizeof(float));
                 fill(g, n, 300 + s, kinds[f]);
                 for (int impl = 0; impl < 2; impl++) {
-                    const gk_codec_impl *im = impl ? spec.codec->cpu : spec.codec->ref;
+                    const gk_codec_impl *im = impl ? spec.codec->impl[GK_BACKEND_CPU] : spec.codec->impl[GK_BACKEND_REF];
                     memcpy(x, g, n * sizeof(float));
                     size_t bytes;
                     void *p = encode_one(&spec, im, &layer, NULL, x, 1, 0, 1, &bytes);
@@ -331,7 +331,7 @@ static void test_dgc_momentum(void **st)
     gk_spec spec = parse("dgc:density=0.01,momentum=0.9");
     size_t k = gk_sparse_spec_k(&spec, &layer);
     for (int impl = 0; impl < 2; impl++) {
-        const gk_codec_impl *im = impl ? spec.codec->cpu : spec.codec->ref;
+        const gk_codec_impl *im = impl ? spec.codec->impl[GK_BACKEND_CPU] : spec.codec->impl[GK_BACKEND_REF];
         void *state = new_state(&spec, &layer);
         float *g1 = malloc(n * sizeof(float)), *g2 = malloc(n * sizeof(float));
         float *x = calloc(n, sizeof(float)), *out = malloc(n * sizeof(float));
@@ -391,9 +391,9 @@ static void test_topk_sends_exactly_k(void **st)
                 fill(g, n, 9 + s, zero ? FILL_ZERO : FILL_NORMAL);
                 memcpy(x, g, n * sizeof(float));
                 size_t bytes;
-                void *p = encode_one(&spec, spec.codec->cpu, &layer, NULL, x, 1, 0, 0, &bytes);
+                void *p = encode_one(&spec, spec.codec->impl[GK_BACKEND_CPU], &layer, NULL, x, 1, 0, 0, &bytes);
                 assert_int_equal(bytes, k * GK_SPARSE_ENTRY);
-                assert_int_equal(bytes, spec.codec->max_bytes(&spec, &layer, 0));
+                assert_int_equal(bytes, gk_payload_bytes(&spec, &layer, 0, 0));
                 check_entries(p, bytes, g, n);
                 check_threshold_set(p, bytes, g, n);
                 free(p);
@@ -478,7 +478,7 @@ static void test_allgather_mean_of_payloads(void **st)
         if (!is_allgather(&spec))
             continue;
         for (int impl = 0; impl < 2; impl++) {
-            const gk_codec_impl *im = impl ? spec.codec->cpu : spec.codec->ref;
+            const gk_codec_impl *im = impl ? spec.codec->impl[GK_BACKEND_CPU] : spec.codec->impl[GK_BACKEND_REF];
             float *x[3], *out = malloc(n * sizeof(float)), *want = calloc(n, sizeof(float));
             void *p[3], *state[3];
             size_t bytes[3];
@@ -532,7 +532,7 @@ static void test_malformed_payloads(void **st)
         gk_spec spec = parse(names[c]);
         void *state = new_state(&spec, &layer);
         for (int impl = 0; impl < 2; impl++) {
-            const gk_codec_impl *im = impl ? spec.codec->cpu : spec.codec->ref;
+            const gk_codec_impl *im = impl ? spec.codec->impl[GK_BACKEND_CPU] : spec.codec->impl[GK_BACKEND_REF];
             unsigned char good[16], bad_idx[16];
             gk_sparse_put(good, 0, 3, 1.0f);
             gk_sparse_put(good, 1, 5, 2.0f);
@@ -559,7 +559,7 @@ static void test_malformed_payloads(void **st)
     for (size_t c = 0; c < NELEM(ar); c++) {
         gk_spec spec = parse(ar[c]);
         for (int impl = 0; impl < 2; impl++) {
-            const gk_codec_impl *im = impl ? spec.codec->cpu : spec.codec->ref;
+            const gk_codec_impl *im = impl ? spec.codec->impl[GK_BACKEND_CPU] : spec.codec->impl[GK_BACKEND_REF];
             float x[16] = {0}, out[16], sum[8] = {0};
             gk_call call = {.spec = &spec, .layer = &layer, .nodes = 2, .seed = 42};
             const void *recv[1] = {sum};
@@ -626,7 +626,7 @@ static void test_zero_gradient(void **st)
         for (int impl = 0; impl < 2; impl++) {
             codec_sim sim;
             assert_int_equal(codec_sim_init(&sim, all_codecs[c], &layer, 2,
-                                            impl ? spec.codec->cpu : spec.codec->ref), 0);
+                                            impl ? spec.codec->impl[GK_BACKEND_CPU] : spec.codec->impl[GK_BACKEND_REF]), 0);
             float g[120] = {0}, out0[120], out1[120];
             const float *gs[2] = {g, g};
             float *outs[2] = {out0, out1};
@@ -703,8 +703,8 @@ static void test_registry_entries(void **st)
     for (size_t c = 0; c < NELEM(all_codecs); c++) {
         const gk_codec *codec = gk_codec_find(all_codecs[c]);
         assert_non_null(codec);
-        assert_non_null(codec->ref);
-        assert_non_null(codec->cpu);
+        assert_non_null(codec->impl[GK_BACKEND_REF]);
+        assert_non_null(codec->impl[GK_BACKEND_CPU]);
         assert_true(codec->ef_default && codec->ef_allowed);
     }
     gk_spec s = parse("dgc");

@@ -1,8 +1,9 @@
 /*
  * Accordion driven through its vtable with synthetic gradient traces: the level switches
  * exactly at a norm change >= eta and at a learning-rate decay, the first interval is
- * low, epoch mode (with the nodes' averaged epoch count), batch-size advice, spec errors
- * and a save/load round trip.
+ * low, epoch mode (with the nodes' averaged epoch count), batch-size advice, spec errors,
+ * a save/load round trip and refused checkpoints, layer ids that differ only in the
+ * bucket number, and collect() from two threads.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,12 +16,13 @@
 
 #include "gcomp.h"
 #include "policy.h"
+#include "policy_testutil.h"
 
 #define NUMEL 64
 #define MAXL 4
 #define NSTEPS 100
 
-/* One bucket of layers 8 x 8, ids (bucket << 16) | index as the engine makes them. */
+/* One bucket of layers 8 x 8, ids (bucket << 32) | index as the engine makes them. */
 typedef struct bucket {
     const char *name;
     int n;
@@ -36,7 +38,7 @@ static void bucket_init(bucket *b, const char *name, int bucket_index, int n)
     b->n = n;
     for (int i = 0; i < n; i++)
         b->layers[i] = (gp_layer){.bucket = name, .name = "w", .index = i,
-                                  .geom = {.id = ((uint32_t)bucket_index << 16) | (uint32_t)i,
+                                  .geom = {.id = ((uint64_t)bucket_index << 32) | (uint64_t)i,
                                            .ndim = 2, .rows = 8, .cols = 8, .numel = NUMEL}};
 }
 
@@ -70,8 +72,7 @@ static void collect_all(gp_instance *p, bucket *b, int64_t step, const double *c
     for (int i = 0; i < b->n; i++) {
         for (int k = 0; k < NUMEL; k++)
             g[k] = (float)c[i];
-        assert_int_equal(p->policy->collect(p->state, &b->layers[i], step, g, g, stats + i * ns),
-                         GCOMP_OK);
+        assert_int_equal(tu_collect(p, &b->layers[i], step, g, g, stats + i * ns), GCOMP_OK);
     }
 }
 
@@ -432,17 +433,15 @@ static void test_save_load(void **st)
     /* Stop at step 35 (mid-interval), save, load into a new instance, go on. */
     p = make(spec);
     run_trace(p, &a, &b, 0, 35, NULL);
-    FILE *f = tmpfile();
-    assert_non_null(f);
-    assert_int_equal(p->policy->save(p->state, f), GCOMP_OK);
-    long size = ftell(f);
+    size_t size;
+    unsigned char *ck = tu_save(p, &size);
+    assert_memory_equal(ck, "ACCO", 4);
     gp_advice adv0, adv1;
     assert_int_equal(p->policy->advice(p->state, &adv0), GCOMP_OK);
     gp_instance_destroy(p);
-    rewind(f);
     gp_instance *q = make(spec);
-    assert_int_equal(q->policy->load(q->state, f), GCOMP_OK);
-    assert_int_equal(ftell(f), size);
+    char err[256];
+    assert_int_equal(tu_load(q, ck, size, err, sizeof(err)), GCOMP_OK);
     assert_int_equal(q->policy->advice(q->state, &adv1), GCOMP_OK);
     assert_int_equal(adv0.batch_size, adv1.batch_size);
     assert_int_equal(adv0.step, adv1.step);
@@ -463,29 +462,130 @@ static void test_save_load(void **st)
     assert_true(differ > 0);
     gp_instance_destroy(q);
 
-    /* A truncated checkpoint or one of another spec is refused, the state left as it was. */
+    /* A truncated checkpoint or one of another version is refused, the state left as it
+       was: the run goes on as if nothing had been loaded. */
     q = make(spec);
     run_trace(q, &a, &b, 0, 20, NULL);
-    char *buf = malloc((size_t)size);
-    assert_non_null(buf);
-    rewind(f);
-    assert_int_equal(fread(buf, 1, (size_t)size, f), (size_t)size);
-    FILE *t = tmpfile();
-    assert_non_null(t);
-    fwrite(buf, 1, (size_t)size - 10, t);
-    rewind(t);
-    assert_int_not_equal(q->policy->load(q->state, t), GCOMP_OK);
+    assert_int_equal(tu_load(q, ck, size - 10, err, sizeof(err)), GCOMP_IO);
+    assert_non_null(strstr(err, "truncated"));
+    tu_check_refusals(q, ck, size);
     run_trace(q, &a, &b, 20, NSTEPS, got);
     for (int s = 20; s < NSTEPS; s++)
         assert_string_equal(ref[s][0], got[s][0]);
     gp_instance_destroy(q);
+    /* Other arguments are refused with the difference named. */
     q = make("accordion:codec=powersgd,low=3,batch_low=64,batch_high=256");
-    rewind(f);
-    assert_int_equal(q->policy->load(q->state, f), GCOMP_INVALID);
+    assert_int_equal(tu_load(q, ck, size, err, sizeof(err)), GCOMP_INVALID);
+    assert_string_equal(err, "accordion checkpoint made with low=2; this accordion has low=3");
     gp_instance_destroy(q);
-    fclose(t);
-    fclose(f);
-    free(buf);
+    q = make("accordion:codec=powersgd,interval=5,batch_low=64,batch_high=256");
+    assert_int_equal(tu_load(q, ck, size, err, sizeof(err)), GCOMP_INVALID);
+    assert_string_equal(err, "accordion checkpoint made with interval=10; this accordion has "
+                             "interval=5");
+    gp_instance_destroy(q);
+    /* Another policy's record is refused by its tag. */
+    q = make("adaqs:codec=powersgd");
+    assert_int_equal(tu_load(q, ck, size, err, sizeof(err)), GCOMP_INVALID);
+    assert_string_equal(err, "expected a 'ADQS' record, found 'ACCO'");
+    gp_instance_destroy(q);
+    free(ck);
+}
+
+/* Two layers whose ids differ only in the bucket number (the upper 32 bits) are two
+   layers: one's norm drop switches it alone. */
+static void test_layer_ids_64bit(void **st)
+{
+    (void)st;
+    gp_instance *p = make("accordion:codec=powersgd,interval=10");
+    bucket a, b;
+    bucket_init(&a, "a", 0, 1);
+    bucket_init(&b, "b", 1, 1);
+    assert_true(a.layers[0].geom.id != b.layers[0].geom.id &&
+                (uint32_t)a.layers[0].geom.id == (uint32_t)b.layers[0].geom.id);
+    for (int64_t t = 0; t < 36; t++) {
+        double ca = t < 20 ? 1.0 : 0.1, cb = 1.0;
+        step_bucket(p, &a, t, &ca, NULL);
+        step_bucket(p, &b, t, &cb, NULL);
+    }
+    /* The check after step 29 saw a's 90% drop: low for 30-39; b stayed stable: high. */
+    assert_true(level_of(&a, 0, "rank") == 2);
+    assert_string_equal(a.why[0], "critical: norm changed 90% >= eta 50%");
+    assert_true(level_of(&b, 0, "rank") == 1);
+    assert_string_equal(b.why[0], "norm changed 0% < eta 50%");
+    /* They survive a checkpoint as two layers. */
+    size_t size;
+    unsigned char *ck = tu_save(p, &size);
+    gp_instance *q = make("accordion:codec=powersgd,interval=10");
+    assert_int_equal(tu_load(q, ck, size, NULL, 0), GCOMP_OK);
+    decide_all(q, &a, 36);
+    decide_all(q, &b, 36);
+    assert_true(level_of(&a, 0, "rank") == 2 && level_of(&b, 0, "rank") == 1);
+    free(ck);
+    gp_instance_destroy(p);
+    gp_instance_destroy(q);
+}
+
+/* collect() of different layers from two threads at once gives the serial numbers, step
+   after step (the accumulators are per layer), and so the same decisions. */
+static void test_collect_two_threads(void **st)
+{
+    (void)st;
+    enum { NLAY = 6, N = 1 << 14 };
+    const char *spec = "accordion:codec=topk,interval=4";
+    gp_instance *ser = make(spec), *par = make(spec);
+    gp_layer ls[NLAY];
+    static float g[NLAY][N];
+    double s_ser[NLAY * 2], s_par[NLAY * 2];
+    for (int i = 0; i < NLAY; i++)
+        ls[i] = (gp_layer){.bucket = "b0", .name = "w", .index = i,
+                           .geom = {.id = (uint64_t)i, .ndim = 2, .rows = 128, .cols = 128,
+                                    .numel = N}};
+    for (int64_t t = 0; t < 12; t++) {
+        tu_job jobs[NLAY];
+        gk_spec spec_ser[NLAY], spec_par[NLAY];
+        for (int i = 0; i < NLAY; i++) {
+            char w1[128], w2[128];
+            assert_int_equal(ser->policy->decide(ser->state, &ls[i], t, &spec_ser[i], w1,
+                                                 sizeof(w1)), GCOMP_OK);
+            assert_int_equal(par->policy->decide(par->state, &ls[i], t, &spec_par[i], w2,
+                                                 sizeof(w2)), GCOMP_OK);
+            assert_string_equal(w1, w2);
+            for (int k = 0; k < N; k++)
+                g[i][k] = (float)(((k + 7 * i) % 23) - 11) * (t < 8 || i % 2 ? 1.0f : 0.2f);
+            assert_int_equal(tu_collect(ser, &ls[i], t, g[i], g[i], s_ser + 2 * i), GCOMP_OK);
+            jobs[i] = (tu_job){.layer = &ls[i], .step = t, .g = g[i], .x = g[i],
+                               .stats = s_par + 2 * i};
+        }
+        tu_collect_two_threads(par, jobs, NLAY);
+        assert_memory_equal(s_ser, s_par, sizeof(s_ser));
+        bool comp[NLAY];
+        double payload[NLAY] = {0};
+        for (int i = 0; i < NLAY; i++)
+            comp[i] = true;
+        gp_step_info info = {.step = t, .bucket = "b0", .nlayers = NLAY, .layers = ls,
+                             .specs = spec_ser, .compressed = comp, .payload = payload,
+                             .stats = s_ser, .step_ms = 10, .exchange_ms = 1, .nodes = 1};
+        assert_int_equal(ser->policy->observe(ser->state, &info), GCOMP_OK);
+        info.specs = spec_par;
+        info.stats = s_par;
+        assert_int_equal(par->policy->observe(par->state, &info), GCOMP_OK);
+    }
+    /* The even layers fell at step 8 (seen by the check after step 11): they went low,
+       the odd ones stayed high. */
+    gk_spec s0, s1;
+    char why[128];
+    assert_int_equal(par->policy->decide(par->state, &ls[0], 12, &s0, why, sizeof(why)),
+                     GCOMP_OK);
+    assert_int_equal(par->policy->decide(par->state, &ls[1], 12, &s1, why, sizeof(why)),
+                     GCOMP_OK);
+    assert_true(gk_spec_get(&s0, "density") == 0.99 && gk_spec_get(&s1, "density") == 0.1);
+    /* A layer decide() has not seen is refused. */
+    gp_layer unseen = ls[0];
+    unseen.geom.id = 99;
+    double junk[2];
+    assert_int_equal(tu_collect(par, &unseen, 12, g[0], g[0], junk), GCOMP_INVALID);
+    gp_instance_destroy(ser);
+    gp_instance_destroy(par);
 }
 
 int main(void)
@@ -499,6 +599,8 @@ int main(void)
         cmocka_unit_test(test_batch_advice),
         cmocka_unit_test(test_specs),
         cmocka_unit_test(test_save_load),
+        cmocka_unit_test(test_layer_ids_64bit),
+        cmocka_unit_test(test_collect_two_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

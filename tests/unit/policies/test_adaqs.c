@@ -1,18 +1,22 @@
 /*
  * AdaQS driven through its vtable with synthetic gradients of known mean and standard
  * deviation: the parameter doubles exactly when the MSDR has halved since the last
- * switch and stops at max; spec errors; a save/load round trip.
+ * switch and stops at max (or halves down to min for a knob that compresses more when
+ * larger); spec errors; a save/load round trip and refused checkpoints; collect() from
+ * two threads.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
 #include "gcomp.h"
 #include "policy.h"
+#include "policy_testutil.h"
 
 #define NUMEL 64
 #define MAXL 2
@@ -30,8 +34,8 @@ static void bucket_init(bucket *b, int n)
     b->n = n;
     for (int i = 0; i < n; i++)
         b->layers[i] = (gp_layer){.bucket = "b0", .name = "w", .index = i,
-                                  .geom = {.id = (uint32_t)i, .ndim = 2, .rows = 8, .cols = 8,
-                                           .numel = NUMEL}};
+                                  .geom = {.id = (uint64_t)7 << 32 | (uint64_t)i, .ndim = 2,
+                                           .rows = 8, .cols = 8, .numel = NUMEL}};
 }
 
 static gp_instance *make(const char *spec)
@@ -57,8 +61,7 @@ static void step(gp_instance *p, bucket *b, int64_t t, const double *mean, const
         assert_true(b->why[i][0] != '\0');
         for (int k = 0; k < NUMEL; k++)
             g[k] = (float)(mean[i] + (k % 2 ? -std[i] : std[i]));
-        assert_int_equal(p->policy->collect(p->state, &b->layers[i], t, g, g, stats + 3 * i),
-                         GCOMP_OK);
+        assert_int_equal(tu_collect(p, &b->layers[i], t, g, g, stats + 3 * i), GCOMP_OK);
     }
     bool comp[MAXL] = {true, true};
     double payload[MAXL] = {0};
@@ -142,7 +145,14 @@ static void test_specs(void **st)
     expect_refused("adaqs:max=2.5", "max must be a valid rank");
     expect_refused("adaqs:codec=topk,start=0", "start must be > 0");
     expect_refused("adaqs:codec=signsgd", "param");
+    expect_refused("adaqs:codec=signsgd", "no compression knob");
     expect_refused("adaqs:codec=maxmin,param=nope", "param");
+    /* Only the knob's direction is known: another parameter is refused. */
+    expect_refused("adaqs:codec=maxmin,param=bucket", "compression knob (bits)");
+    /* The limit is on the side of less compression. */
+    expect_refused("adaqs:codec=topk,min=0.5", "the limit is max=");
+    expect_refused("adaqs:codec=threshold,max=0.5", "the limit is min=");
+    expect_refused("adaqs:codec=threshold,start=0.01,min=0.1", "must not be below min");
     expect_refused("adaqs:codec=nope", "codec");
     expect_refused("adaqs:low=1", "no key 'low'");
     gp_instance *p = make("adaqs:codec=qsgd:bucket=64,start=8");
@@ -179,15 +189,13 @@ static void test_save_load(void **st)
 
     p = make(spec);
     run(p, &b, 0, 25, NULL);
-    FILE *f = tmpfile();
-    assert_non_null(f);
-    assert_int_equal(p->policy->save(p->state, f), GCOMP_OK);
-    long size = ftell(f);
+    size_t size;
+    unsigned char *ck = tu_save(p, &size);
+    assert_memory_equal(ck, "ADQS", 4);
     gp_instance_destroy(p);
-    rewind(f);
     p = make(spec);
-    assert_int_equal(p->policy->load(p->state, f), GCOMP_OK);
-    assert_int_equal(ftell(f), size);
+    char err[256];
+    assert_int_equal(tu_load(p, ck, size, err, sizeof(err)), GCOMP_OK);
     run(p, &b, 25, 60, got);
     assert_memory_equal(ref + 50, got + 50, 70 * sizeof(double));
     gp_instance_destroy(p);
@@ -197,24 +205,70 @@ static void test_save_load(void **st)
     assert_true(memcmp(ref + 50, fresh + 50, 70 * sizeof(double)) != 0);
     gp_instance_destroy(p);
 
-    /* Another spec's checkpoint and a truncated one are refused. */
+    /* Another spec's checkpoint is refused, naming the difference. */
     p = make("adaqs:codec=topk:density=0.01,factor=3");
-    rewind(f);
-    assert_int_equal(p->policy->load(p->state, f), GCOMP_INVALID);
+    assert_int_equal(tu_load(p, ck, size, err, sizeof(err)), GCOMP_INVALID);
+    assert_string_equal(err, "adaqs checkpoint made with factor=2; this adaqs has factor=3");
     gp_instance_destroy(p);
-    char buf[512];
-    assert_true(size > 8 && size < (long)sizeof(buf));
-    rewind(f);
-    assert_int_equal(fread(buf, 1, (size_t)size, f), (size_t)size);
-    FILE *t = tmpfile();
-    assert_non_null(t);
-    fwrite(buf, 1, (size_t)size - 1, t);
-    rewind(t);
+    p = make("adaqs:codec=randomk:density=0.01");
+    assert_int_equal(tu_load(p, ck, size, err, sizeof(err)), GCOMP_INVALID);
+    assert_non_null(strstr(err, "codec=topk; this adaqs has codec=randomk"));
+    gp_instance_destroy(p);
+    /* Another version, truncations: refused, the state untouched. */
     p = make(spec);
-    assert_int_not_equal(p->policy->load(p->state, t), GCOMP_OK);
+    run(p, &b, 0, 10, NULL);
+    tu_check_refusals(p, ck, size);
     gp_instance_destroy(p);
-    fclose(t);
-    fclose(f);
+    free(ck);
+}
+
+/* A knob that compresses more when larger (threshold's lambda) halves down to min. */
+static void test_halves_a_growing_knob(void **st)
+{
+    (void)st;
+    gp_instance *p = make("adaqs:codec=threshold,start=0.04,min=0.01");
+    bucket b;
+    bucket_init(&b, 1);
+    for (int64_t t = 0; t < 60; t++) {
+        double mean = trace_msdr(t), std = 1;
+        step(p, &b, t, &mean, &std);
+        double want = t <= 20 ? 0.04 : t <= 40 ? 0.02 : 0.01;
+        if (gk_spec_get(&b.specs[0], "lambda") != want)
+            fail_msg("step %lld: lambda %g, expected %g (%s)", (long long)t,
+                     gk_spec_get(&b.specs[0], "lambda"), want, b.why[0]);
+        if (t == 21)
+            assert_string_equal(b.why[0], "MSDR fell to 0.5 from 1 (factor 2): lambda 0.04 -> 0.02");
+    }
+    gp_instance_destroy(p);
+}
+
+/* collect() of different layers from two threads at once gives the serial numbers. */
+static void test_collect_two_threads(void **st)
+{
+    (void)st;
+    enum { NL = 8, N = 4096 };
+    gp_instance *p = make("adaqs:codec=topk:density=0.01");
+    gp_layer ls[NL];
+    static float g[NL][N];
+    double serial[NL][3], threaded[NL][3];
+    tu_job jobs[NL];
+    for (int i = 0; i < NL; i++) {
+        ls[i] = (gp_layer){.bucket = "b0", .name = "w", .index = i,
+                           .geom = {.id = (uint64_t)i, .ndim = 2, .rows = 64, .cols = 64,
+                                    .numel = N}};
+        for (int k = 0; k < N; k++)
+            g[i][k] = (float)((k * (i + 3)) % 17) - 8.0f + 0.25f * (float)i;
+        gk_spec s;
+        char why[160];
+        assert_int_equal(p->policy->decide(p->state, &ls[i], 0, &s, why, sizeof(why)),
+                         GCOMP_OK);
+        assert_int_equal(tu_collect(p, &ls[i], 0, g[i], g[i], serial[i]), GCOMP_OK);
+        jobs[i] = (tu_job){.layer = &ls[i], .step = 0, .g = g[i], .x = g[i],
+                           .stats = threaded[i]};
+    }
+    tu_collect_two_threads(p, jobs, NL);
+    assert_memory_equal(serial, threaded, sizeof(serial));
+    gp_instance_destroy(p);
 }
 
 int main(void)
@@ -223,6 +277,8 @@ int main(void)
         cmocka_unit_test(test_doubles_when_msdr_halves),
         cmocka_unit_test(test_specs),
         cmocka_unit_test(test_save_load),
+        cmocka_unit_test(test_halves_a_growing_knob),
+        cmocka_unit_test(test_collect_two_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,15 +1,18 @@
-/* GraVAC: collect() on known tensors, the window rules, scaling, saturation, checkpoints. */
+/* GraVAC: collect() on known tensors (and from two threads), the window rules, scaling,
+   saturation, checkpoints (restored, refused). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
 #include "gcomp.h"
 #include "policy.h"
+#include "policy_testutil.h"
 
 /* 100 trainers: the EWMA smoothing factor is 1, so a gain is the last step's. */
 static const gp_env env_sharp = {.nodes = 1, .trainers = 100, .seed = 7};
@@ -108,7 +111,7 @@ static void test_collect(void **st)
     for (int i = 0; i < 64; i++)
         x[i] = (float)((i % 2 ? -1 : 1) * (i + 1));
     double s[3];
-    assert_int_equal(p->policy->collect(p->state, &l, 0, x, x, s), GCOMP_OK);
+    assert_int_equal(tu_collect(p, &l, 0, x, x, s), GCOMP_OK);
     /* theta_min 4: the 16 largest |x| (49..64); theta_s 2: 8 of those (57..64). */
     assert_true(near(s[0], sum_sq(1, 64)));
     assert_true(near(s[1], sum_sq(49, 64)));
@@ -121,9 +124,9 @@ static void test_collect(void **st)
     small.geom.rows = 2;
     small.geom.cols = 4;
     small.geom.numel = 8;
-    assert_int_equal(p->policy->collect(p->state, &vec, 0, x, x, s), GCOMP_OK);
+    assert_int_equal(tu_collect(p, &vec, 0, x, x, s), GCOMP_OK);
     assert_true(s[0] == s[1] && s[1] == s[2] && near(s[0], sum_sq(1, 64)));
-    assert_int_equal(p->policy->collect(p->state, &small, 0, x, x, s), GCOMP_OK);
+    assert_int_equal(tu_collect(p, &small, 0, x, x, s), GCOMP_OK);
     assert_true(s[0] == s[1] && s[1] == s[2] && near(s[0], sum_sq(1, 8)));
     char why[256];
     assert_true(cf_for(p, &vec, 0, why, sizeof(why)) == 1);
@@ -134,11 +137,11 @@ static void test_collect(void **st)
     p = make("gravac:codec=randomk:min_elements=16,min=4", &env_sharp);
     for (int i = 0; i < 64; i++)
         x[i] = 1.0f;
-    assert_int_equal(p->policy->collect(p->state, &l, 5, x, x, s), GCOMP_OK);
+    assert_int_equal(tu_collect(p, &l, 5, x, x, s), GCOMP_OK);
     assert_true(s[0] == 64 && s[1] == 16 && s[2] == 8);
     /* All zero: no 0/0 anywhere. */
     memset(x, 0, sizeof(x));
-    assert_int_equal(p->policy->collect(p->state, &l, 6, x, x, s), GCOMP_OK);
+    assert_int_equal(tu_collect(p, &l, 6, x, x, s), GCOMP_OK);
     assert_true(s[0] == 0 && s[1] == 0 && s[2] == 0);
     gp_instance_destroy(p);
 }
@@ -399,7 +402,7 @@ static void test_collect_observe(void **st)
         for (int i = 0; i < 1024; i++)
             x[i] = i < 8 ? 10.0f : (float)(noise * (double)((i * 7919) % 13 - 6) / 6.0);
         double s[3];
-        assert_int_equal(p->policy->collect(p->state, &l, t, x, x, s), GCOMP_OK);
+        assert_int_equal(tu_collect(p, &l, t, x, x, s), GCOMP_OK);
         assert_true(s[2] <= s[1] && s[1] <= s[0]);
         gp_step_info info = {.step = t, .bucket = "a", .nlayers = 1, .layers = &l, .stats = s,
                              .step_ms = 10, .nodes = 1};
@@ -463,11 +466,11 @@ static void test_save_load(void **st)
     const char *spec = "gravac:codec=topk,window=5,omega=0.05,scaling=geo";
     gp_instance *a = make(spec, &env_smooth), *b = make(spec, &env_smooth);
     drive(a, 0, 13, gains_mixed, NULL, NULL);
-    FILE *f = tmpfile();
-    assert_non_null(f);
-    assert_int_equal(a->policy->save(a->state, f), GCOMP_OK);
-    rewind(f);
-    assert_int_equal(b->policy->load(b->state, f), GCOMP_OK);
+    size_t size;
+    unsigned char *ck = tu_save(a, &size);
+    assert_memory_equal(ck, "GRVC", 4);
+    char err[256];
+    assert_int_equal(tu_load(b, ck, size, err, sizeof(err)), GCOMP_OK);
     double ca[60], cb[60];
     char wa[60][256], wb[60][256];
     drive(a, 13, 60, gains_mixed, ca, wa);
@@ -476,6 +479,7 @@ static void test_save_load(void **st)
         assert_true(ca[t] == cb[t]);
         assert_string_equal(wa[t], wb[t]);
     }
+    tu_assert_same_state(a, b);
     /* Without the checkpoint the same steps decide otherwise (the first window). */
     gp_instance *fresh = make(spec, &env_smooth);
     drive(fresh, 13, 60, gains_mixed, cb, wb);
@@ -484,16 +488,66 @@ static void test_save_load(void **st)
     gp_instance_destroy(fresh);
     /* Another configuration, or a short file, is refused. */
     gp_instance *c = make("gravac:codec=topk,window=6,omega=0.05,scaling=geo", &env_smooth);
-    rewind(f);
-    assert_int_equal(c->policy->load(c->state, f), GCOMP_INVALID);
-    fclose(f);
-    f = tmpfile();
-    assert_non_null(f);
-    assert_int_equal(c->policy->load(c->state, f), GCOMP_IO);
-    fclose(f);
+    assert_int_equal(tu_load(c, ck, size, err, sizeof(err)), GCOMP_INVALID);
+    assert_string_equal(err, "gravac checkpoint made with window=5; this gravac has window=6");
+    gp_instance_destroy(c);
+    c = make("gravac:codec=redsync,window=5,omega=0.05,scaling=geo", &env_smooth);
+    assert_int_equal(tu_load(c, ck, size, err, sizeof(err)), GCOMP_INVALID);
+    assert_non_null(strstr(err, "codec=topk; this gravac has codec=redsync"));
+    gp_instance_destroy(c);
+    c = make("gravac:codec=topk,window=5,omega=0.05", &env_smooth);
+    assert_int_equal(tu_load(c, ck, size, err, sizeof(err)), GCOMP_INVALID);
+    assert_non_null(strstr(err, "scaling=geo; this gravac has scaling=exp"));
+    assert_int_equal(tu_load(c, ck, 0, err, sizeof(err)), GCOMP_IO);
+    gp_instance_destroy(c);
+    /* Another version, every truncation: refused, the state left as it was. */
+    c = make(spec, &env_smooth);
+    drive(c, 0, 7, gains_mixed, NULL, NULL);
+    tu_check_refusals(c, ck, size);
+    gp_instance_destroy(c);
+    free(ck);
     gp_instance_destroy(a);
     gp_instance_destroy(b);
-    gp_instance_destroy(c);
+}
+
+/* collect() of different layers from two threads at once gives the serial numbers, with
+   both compressions (theta_s > 1) and codecs of either collective. (With one buffer
+   shared by the layers, as before the port, this fails.) */
+static void test_collect_two_threads(void **st)
+{
+    (void)st;
+    enum { NLAY = 8, SIDE = 96, N = SIDE * SIDE };
+    const char *specs[] = {"gravac:codec=topk,min=4", "gravac:codec=randomk,min=4",
+                           "gravac:codec=dgc,min=4"};
+    static float x[NLAY][N];
+    for (int i = 0; i < NLAY; i++)
+        for (int k = 0; k < N; k++)
+            x[i][k] = (float)sin(0.013 * (double)(k + 1) * (double)(i + 1)) * (float)(1 + k % 5);
+    gp_layer ls[NLAY];
+    for (int i = 0; i < NLAY; i++)
+        ls[i] = (gp_layer){.bucket = "a", .name = "w", .index = i,
+                           .geom = {.id = (uint64_t)3 << 32 | (uint64_t)i, .ndim = 2,
+                                    .rows = SIDE, .cols = SIDE, .numel = N}};
+    for (size_t k = 0; k < sizeof(specs) / sizeof(specs[0]); k++) {
+        gp_instance *p = make(specs[k], &env_sharp);
+        double serial[NLAY][3], threaded[NLAY][3];
+        tu_job jobs[NLAY];
+        for (int i = 0; i < NLAY; i++) {
+            assert_true(cf_for(p, &ls[i], 9, NULL, 0) == 4);
+            assert_int_equal(tu_collect(p, &ls[i], 9, x[i], x[i], serial[i]), GCOMP_OK);
+            /* Both compressions ran: g_c is a part of g_min, itself a part of x. */
+            assert_true(serial[i][2] < serial[i][1] && serial[i][1] < serial[i][0]);
+            jobs[i] = (tu_job){.layer = &ls[i], .step = 9, .g = x[i], .x = x[i],
+                               .stats = threaded[i]};
+        }
+        /* collect() leaves the state as it is: repeat, for more chances to overlap. */
+        for (int round = 0; round < 20; round++) {
+            memset(threaded, 0, sizeof(threaded));
+            tu_collect_two_threads(p, jobs, NLAY);
+            assert_memory_equal(serial, threaded, sizeof(serial));
+        }
+        gp_instance_destroy(p);
+    }
 }
 
 int main(void)
@@ -510,6 +564,7 @@ int main(void)
         cmocka_unit_test(test_collect_observe),
         cmocka_unit_test(test_bad_specs),
         cmocka_unit_test(test_save_load),
+        cmocka_unit_test(test_collect_two_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

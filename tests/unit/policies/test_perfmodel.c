@@ -1,7 +1,8 @@
 /*
  * perfmodel: the model's formulas against hand-computed values, decisions on a slow and a
  * fast emulated link (synthetic statistics through the vtable), warmup, whatif (units,
- * text and JSON), refused specs and queries, collect()'s timings, and save/load.
+ * text and JSON), refused specs and queries, collect()'s timings (and from two threads),
+ * save/load and refused checkpoints.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -16,6 +17,7 @@
 #include "gcomp.h"
 #include "perfmodel.h"
 #include "policy.h"
+#include "policy_testutil.h"
 
 #define EPS 1e-9
 
@@ -52,14 +54,14 @@ static const double default_probe[2][GP_PERF_NSTAT] = {{1.0, 0.5, 0.0, 0.0},
                                                        {2.0, 0.0, 0.25, -1.0}};
 
 /* Layers 0..3: 1024 x 1024; layer 4: a bias of 1024. */
-static void make_layers(job *j, const char *bucket, uint32_t bucket_index)
+static void make_layers(job *j, const char *bucket, uint64_t bucket_index)
 {
     j->nlayers = NL;
     for (int l = 0; l < NL; l++) {
         gk_layer g = l < NL - 1 ? (gk_layer){.ndim = 2, .rows = SIDE, .cols = SIDE,
                                              .numel = (size_t)SIDE * SIDE}
                                 : (gk_layer){.ndim = 1, .rows = SIDE, .cols = 1, .numel = SIDE};
-        g.id = (bucket_index << 16) | (uint32_t)l;
+        g.id = (bucket_index << 32) | (uint64_t)l;
         j->layers[l] = (gp_layer){.bucket = bucket, .name = "layer", .index = l, .geom = g};
     }
     memcpy(j->probe, default_probe, sizeof(j->probe));
@@ -79,7 +81,7 @@ static void fill_probe_stats(job *j)
             memcpy(st, j->probe[c], sizeof(j->probe[c]));
             if (st[GP_PERF_AG_BYTES] < 0)
                 st[GP_PERF_AG_BYTES] =
-                    (double)topk.codec->max_bytes(&topk, &j->layers[l].geom, 0);
+                    (double)gk_payload_bytes(&topk, &j->layers[l].geom, 0, 0);
         }
     }
 }
@@ -107,7 +109,7 @@ static gk_spec run_step(job *j, const char *bucket, int64_t step, double step_ms
                          GCOMP_OK);
         if (l == 0 && why)
             snprintf(why, whylen, "%s", w);
-        j->compressed[l] = gp_perf_compresses(&j->specs[l], &j->layers[l].geom);
+        j->compressed[l] = gk_spec_compresses(&j->specs[l], &j->layers[l].geom);
     }
     if (probe)
         fill_probe_stats(j);
@@ -217,17 +219,38 @@ static void test_bucket_cost(void **st)
     assert_double_equal(c.comm_ms, 0.757344 + 0.35 + 83888.0 * 7 / BW_SLOW, 1e-9);
     /* Without stats: max_bytes (8-byte aligned) and no encode/decode time. */
     gp_perf_bucket_cost(l, 2, &topk, NULL, 0, 8, 0.05, BW_SLOW, &c);
-    double mb = ceil((double)topk.codec->max_bytes(&topk, &l[0], 0) / 8) * 8;
+    double mb = ceil((double)gk_payload_bytes(&topk, &l[0], 0, 0) / 8) * 8;
     assert_double_equal(c.comm_ms, 0.757344 + 0.35 + mb * 7 / BW_SLOW, 1e-9);
     assert_double_equal(c.encode_decode_ms, 0.0, EPS);
     /* One node: nothing to exchange. */
     gp_perf_bucket_cost(l, 2, &topk, tk, GP_PERF_NSTAT, 1, 0.05, BW_SLOW, &c);
     assert_double_equal(c.comm_ms, 0.0, EPS);
     /* The engine's rule: small and 1-D layers stay dense. */
-    assert_true(gp_perf_compresses(&topk, &l[0]));
-    assert_false(gp_perf_compresses(&topk, &l[1]));
+    assert_true(gk_spec_compresses(&topk, &l[0]));
+    assert_false(gk_spec_compresses(&topk, &l[1]));
     gk_layer small = {.ndim = 2, .rows = 16, .cols = 16, .numel = 256};
-    assert_false(gp_perf_compresses(&topk, &small));
+    assert_false(gk_spec_compresses(&topk, &small));
+    /* A variable-size allgather (DGC) pays the exchange of sizes first, an allgather of 8
+       bytes per node; fixed-size Top-K with the same bytes does not. */
+    gk_spec dgc;
+    assert_int_equal(gk_spec_parse("dgc:density=0.01", &dgc, err, sizeof(err)), GCOMP_OK);
+    assert_false(gk_payload_fixed(&dgc, 0));
+    assert_true(gk_payload_fixed(&topk, 0));
+    gp_perf_cost cd;
+    gp_perf_bucket_cost(l, 2, &topk, tk, GP_PERF_NSTAT, 8, 0.05, BW_SLOW, &c);
+    gp_perf_bucket_cost(l, 2, &dgc, tk, GP_PERF_NSTAT, 8, 0.05, BW_SLOW, &cd);
+    assert_double_equal(cd.comm_ms - c.comm_ms, 0.35 + 8.0 * 7 / BW_SLOW, 1e-9);
+    assert_double_equal(cd.sent_bytes, c.sent_bytes, EPS);
+    /* powersgd_unbiased sends P (64 floats per rank) and Q (64) in turn: per step on average
+       their mean, in one allreduce. */
+    gk_spec ub;
+    gk_layer tall = {.ndim = 2, .rows = 1024, .cols = 64, .numel = 1024 * 64};
+    assert_int_equal(gk_spec_parse("powersgd_unbiased:rank=2", &ub, err, sizeof(err)), GCOMP_OK);
+    double p_bytes = (double)gk_payload_bytes(&ub, &tall, 0, 0);
+    double q_bytes = (double)gk_payload_bytes(&ub, &tall, 0, 1);
+    assert_true(p_bytes != q_bytes);
+    gp_perf_bucket_cost(&tall, 1, &ub, NULL, 0, 8, 0.05, BW_SLOW, &c);
+    assert_double_equal(c.sent_bytes, 0.5 * (p_bytes + q_bytes), EPS);
 }
 
 static void test_bandwidth_units(void **st)
@@ -244,16 +267,41 @@ static void test_bandwidth_units(void **st)
     assert_double_equal(b, 3.125e6, EPS);
     assert_int_equal(gp_perf_parse_bandwidth("1tbit", &b), GCOMP_OK);
     assert_double_equal(b, 1.25e8, EPS);
-    assert_int_equal(gp_perf_parse_bandwidth("2.5e9", &b), GCOMP_OK);
+    /* Bytes per second with a capital B; bits with b/s. */
+    assert_int_equal(gp_perf_parse_bandwidth("1.25GB/s", &b), GCOMP_OK);
+    assert_double_equal(b, 1.25e6, EPS);
+    assert_int_equal(gp_perf_parse_bandwidth("100MB/s", &b), GCOMP_OK);
+    assert_double_equal(b, 1e5, EPS);
+    assert_int_equal(gp_perf_parse_bandwidth("2.5e9B/s", &b), GCOMP_OK);
     assert_double_equal(b, 2.5e6, EPS);
+    assert_int_equal(gp_perf_parse_bandwidth("10Gb/s", &b), GCOMP_OK);
+    assert_double_equal(b, 1.25e6, EPS);
+    assert_int_equal(gp_perf_parse_bandwidth("25Gbps", &b), GCOMP_OK);
+    assert_double_equal(b, 3.125e6, EPS);
+    assert_int_equal(gp_perf_parse_bandwidth("10GB/S", &b), GCOMP_OK);
+    assert_double_equal(b, 1e7, EPS);
+    /* A bare number (bytes? bits?) and units that could be misread are refused. */
     const char *bad[] = {"", "gbit", "0gbit", "-1gbit", "10 gbit", "10gb", "10furlongs",
-                         " 10gbit", "nan", "inf", "0"};
+                         " 10gbit", "nan", "inf", "0", "10", "2.5e9", "10GBps", "10gbit/s",
+                         "10b/s", "1e400gbit", "10gbitx"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(gp_perf_parse_bandwidth(bad[i], &b), GCOMP_INVALID);
     assert_int_equal(gp_perf_parse_bandwidth(NULL, &b), GCOMP_INVALID);
 }
 
 /* ---- specs ---- */
+
+/* The candidate count of a checkpoint: the little-endian int64 after the record header
+   ("PERF" and the u32 version). */
+static int64_t saved_candidates(const unsigned char *ck, size_t len)
+{
+    assert_true(len >= 16);
+    assert_memory_equal(ck, "PERF", 4);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)ck[8 + i] << (8 * i);
+    return (int64_t)v;
+}
 
 static void test_specs(void **st)
 {
@@ -291,27 +339,21 @@ static void test_specs(void **st)
                                         "candidate=topk:density=0.05,gamma=1.1,probe=7,warmup=3",
                                         NULL, &p, err, sizeof(err)),
                      GCOMP_OK);
-    char *text = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    assert_int_equal(p->policy->save(p->state, f), GCOMP_OK);
-    fclose(f);
-    assert_non_null(strstr(text, "ncand 2\n"));
-    assert_non_null(strstr(text, "powersgd:rank=2"));
-    assert_non_null(strstr(text, "min_elements=10"));
-    assert_non_null(strstr(text, "topk:density=0.05"));
-    free(text);
+    unsigned char *ck = tu_save(p, &len);
+    assert_int_equal(saved_candidates(ck, len), 2);
+    assert_non_null(memmem(ck, len, "powersgd:rank=2", 15));
+    assert_non_null(memmem(ck, len, "min_elements=10", 15));
+    assert_non_null(memmem(ck, len, "topk:density=0.05", 17));
+    free(ck);
     gp_instance_destroy(p);
     /* The defaults. */
     assert_int_equal(gp_instance_create("perfmodel", NULL, &p, err, sizeof(err)), GCOMP_OK);
-    text = NULL;
-    f = open_memstream(&text, &len);
-    assert_int_equal(p->policy->save(p->state, f), GCOMP_OK);
-    fclose(f);
-    assert_non_null(strstr(text, "ncand 2\n"));
-    assert_non_null(strstr(text, "powersgd:rank=4"));
-    assert_non_null(strstr(text, "topk:density=0.01"));
-    free(text);
+    ck = tu_save(p, &len);
+    assert_int_equal(saved_candidates(ck, len), 2);
+    assert_non_null(memmem(ck, len, "powersgd:rank=4", 15));
+    assert_non_null(memmem(ck, len, "topk:density=0.01", 17));
+    free(ck);
     gp_instance_destroy(p);
 }
 
@@ -413,7 +455,7 @@ static void test_timings_decide(void **st)
     gk_spec topk;
     char err[256];
     assert_int_equal(gk_spec_parse("topk:density=0.01", &topk, err, sizeof(err)), GCOMP_OK);
-    double kb = (double)topk.codec->max_bytes(&topk, &j.layers[0].geom, 0);
+    double kb = (double)gk_payload_bytes(&topk, &j.layers[0].geom, 0, 0);
     double want = 100 + 12 + gp_perf_predict_allreduce_ms(4096, 4, 0.05, BW_SLOW) +
                   gp_perf_predict_allgather_ms(4 * kb, 4, 0.05, BW_SLOW);
     char expect[128];
@@ -497,7 +539,7 @@ static void test_whatif(void **st)
     gk_spec topk;
     char err[256];
     assert_int_equal(gk_spec_parse("topk:density=0.01", &topk, err, sizeof(err)), GCOMP_OK);
-    double kb = (double)topk.codec->max_bytes(&topk, &j.layers[0].geom, 0);
+    double kb = (double)gk_payload_bytes(&topk, &j.layers[0].geom, 0, 0);
     double tk = 100 + 4 * (2 + 0.25 * 16) + gp_perf_predict_allreduce_ms(4096, 16, 0.05, BW_SLOW) +
                 gp_perf_predict_allgather_ms(4 * kb, 16, 0.05, BW_SLOW);
     const char *t = strstr(out, "{\"codec\":\"topk");
@@ -536,6 +578,22 @@ static void test_whatif(void **st)
         {5, {"whatif", "--nodes", "0", "--bandwidth", "1gbit"}, "--nodes must be"},
         {5, {"whatif", "--nodes", "x8", "--bandwidth", "1gbit"}, "--nodes must be"},
         {5, {"whatif", "--nodes", "8", "--bandwidth", "10furlongs"}, "--bandwidth must be"},
+        /* A bare number is not read as bytes per second: the accepted units are listed. */
+        {5, {"whatif", "--nodes", "8", "--bandwidth", "10"}, "with a unit (kbit, mbit"},
+        {5, {"whatif", "--nodes", "8", "--bandwidth", "10"}, "GB/s, TB/s), e.g. 10gbit"},
+        {5, {"whatif", "--nodes", "8", "--bandwidth", "-10gbit"}, "--bandwidth must be"},
+        {5, {"whatif", "--nodes", "8", "--bandwidth", "0gbit"}, "--bandwidth must be"},
+        {5, {"whatif", "--nodes", "8.5", "--bandwidth", "1gbit"}, "--nodes must be"},
+        {5, {"whatif", "--nodes", "-2", "--bandwidth", "1gbit"}, "--nodes must be"},
+        {5, {"whatif", "--nodes", "", "--bandwidth", "1gbit"}, "--nodes must be"},
+        {7, {"whatif", "--nodes", "8", "--bandwidth", "1gbit", "--latency-us", "5us"},
+         "--latency-us must be"},
+        {7, {"whatif", "--nodes", "8", "--bandwidth", "1gbit", "--latency-us", "nan"},
+         "--latency-us must be"},
+        {7, {"whatif", "--nodes", "8", "--bandwidth", "1gbit", "--nodes", "4"},
+         "--nodes given twice"},
+        {7, {"whatif", "--bandwidth", "1gbit", "--nodes", "8", "--bandwidth", "1MB/s"},
+         "--bandwidth given twice"},
         {7, {"whatif", "--nodes", "8", "--bandwidth", "1gbit", "--latency-us", "-3"},
          "--latency-us must be"},
         {4, {"whatif", "--nodes", "8", "--bandwidth"}, "--bandwidth needs a value"},
@@ -577,8 +635,11 @@ static void test_collect_times_codecs(void **st)
     for (size_t i = 0; i < l.geom.numel; i++)
         x[i] = (float)sin(0.37 * (double)i) * (float)(1 + i % 7);
     double stats[GP_PERF_NSTATS];
-    /* Step 0 is the probe (warmup 1). */
-    assert_int_equal(p->policy->collect(p->state, &l, 0, x, x, stats), GCOMP_OK);
+    /* Step 0 is the probe (warmup 1); decide() first, as the engine does. */
+    gk_spec spec;
+    char why[256];
+    assert_int_equal(p->policy->decide(p->state, &l, 0, &spec, why, sizeof(why)), GCOMP_OK);
+    assert_int_equal(tu_collect(p, &l, 0, x, x, stats), GCOMP_OK);
     const double *ps = stats, *tk = stats + GP_PERF_NSTAT;
     assert_true(ps[GP_PERF_ENCODE_MS] > 0);
     assert_true(ps[GP_PERF_DECODE_AR_MS] > 0);
@@ -589,29 +650,45 @@ static void test_collect_times_codecs(void **st)
     gk_spec topk;
     assert_int_equal(gk_spec_parse("topk:density=0.05", &topk, err, sizeof(err)), GCOMP_OK);
     assert_double_equal(tk[GP_PERF_AG_BYTES],
-                        ceil((double)topk.codec->max_bytes(&topk, &l.geom, 0) / 8) * 8, EPS);
+                        ceil((double)gk_payload_bytes(&topk, &l.geom, 0, 0) / 8) * 8, EPS);
     for (int k = 2 * GP_PERF_NSTAT; k < GP_PERF_NSTATS; k++)
         assert_double_equal(stats[k], 0, EPS);
     /* A layer the engine sends dense is not timed. */
-    assert_int_equal(p->policy->collect(p->state, &bias, 0, x, x, stats), GCOMP_OK);
+    assert_int_equal(tu_collect(p, &bias, 0, x, x, stats), GCOMP_OK);
     for (int k = 0; k < GP_PERF_NSTATS; k++)
         assert_double_equal(stats[k], 0, EPS);
+    /* A bucket decide() has not seen is refused. */
+    gp_layer other = l;
+    other.bucket = "never decided";
+    assert_int_equal(tu_collect(p, &other, 0, x, x, stats), GCOMP_INVALID);
+
+    /* From two threads at once, on different layers: the same sizes measured, every
+       timing taken, as serially. */
+    enum { NLAY = 6 };
+    gp_layer ls[NLAY];
+    double serial[NLAY][GP_PERF_NSTATS], threaded[NLAY][GP_PERF_NSTATS];
+    tu_job jobs[NLAY];
+    for (int i = 0; i < NLAY; i++) {
+        ls[i] = l;
+        ls[i].index = i;
+        ls[i].geom.id = (uint64_t)5 << 32 | (uint64_t)i;
+        assert_int_equal(tu_collect(p, &ls[i], 0, x, x, serial[i]), GCOMP_OK);
+        jobs[i] = (tu_job){.layer = &ls[i], .step = 0, .g = x, .x = x, .stats = threaded[i]};
+    }
+    tu_collect_two_threads(p, jobs, NLAY);
+    for (int i = 0; i < NLAY; i++)
+        for (int k = 0; k < GP_PERF_NSTATS; k++) {
+            bool bytes = k % GP_PERF_NSTAT == GP_PERF_AG_BYTES;
+            if (bytes)
+                assert_double_equal(threaded[i][k], serial[i][k], EPS);
+            else
+                assert_true((threaded[i][k] > 0) == (serial[i][k] > 0));
+        }
     free(x);
     gp_instance_destroy(p);
 }
 
 /* ---- save and load ---- */
-
-static char *save_text(gp_instance *p)
-{
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    assert_non_null(f);
-    assert_int_equal(p->policy->save(p->state, f), GCOMP_OK);
-    fclose(f);
-    return text;
-}
 
 static void test_save_load(void **st)
 {
@@ -622,16 +699,15 @@ static void test_save_load(void **st)
     double dense = gp_perf_predict_allreduce_ms(4.0 * (4 * SIDE * SIDE + SIDE), 8, 0.05, BW_SLOW);
     for (int64_t step = 0; step < 8; step++)
         run_step(&j, "bucket with spaces", step, step ? 100 + dense : 0, dense, step == 4, NULL, 0);
-    char *a = save_text(j.p);
+    size_t la;
+    unsigned char *a = tu_save(j.p, &la);
 
     job k = {0};
     make_layers(&k, "bucket with spaces", 0);
     assert_int_equal(create(&k, "perfmodel", 0.05, BW_SLOW, 8), GCOMP_OK);
-    FILE *f = fmemopen(a, strlen(a), "r");
-    assert_int_equal(k.p->policy->load(k.p->state, f), GCOMP_OK);
-    fclose(f);
-    char *b = save_text(k.p);
-    assert_string_equal(a, b);
+    char err[256];
+    assert_int_equal(tu_load(k.p, a, la, err, sizeof(err)), GCOMP_OK);
+    tu_assert_same_state(j.p, k.p);
     char wa[256], wb[256];
     gk_spec sa = decision(&j, 8, wa, sizeof(wa)), sb = decision(&k, 8, wb, sizeof(wb));
     assert_string_equal(sa.codec->name, "powersgd");
@@ -648,34 +724,61 @@ static void test_save_load(void **st)
         gk_spec y = run_step(&k, "bucket with spaces", step, 120, 20, false, NULL, 0);
         assert_ptr_equal(x.codec, y.codec);
     }
-    free(b);
-    b = save_text(k.p);
-    char *a2 = save_text(j.p);
-    assert_string_equal(a2, b);
-    free(a2);
-    free(b);
+    tu_assert_same_state(j.p, k.p);
 
-    /* Other candidates, a truncated file, garbage: refused, the state untouched. */
+    /* Other candidates or gamma, a truncated file, garbage, another version: refused, the
+       state untouched. */
     job m = {0};
     assert_int_equal(create(&m, "perfmodel:candidate=topk:density=0.01", 0.05, BW_SLOW, 8),
                      GCOMP_OK);
-    f = fmemopen(a, strlen(a), "r");
-    assert_int_not_equal(m.p->policy->load(m.p->state, f), GCOMP_OK);
-    fclose(f);
+    assert_int_equal(tu_load(m.p, a, la, err, sizeof(err)), GCOMP_INVALID);
+    assert_string_equal(err, "perfmodel checkpoint made with candidates=2; this perfmodel has "
+                             "candidates=1");
     gp_instance_destroy(m.p);
-    f = fmemopen(a, strlen(a) / 2, "r");
-    assert_int_not_equal(k.p->policy->load(k.p->state, f), GCOMP_OK);
-    fclose(f);
+    assert_int_equal(create(&m, "perfmodel:candidate=topk:density=0.01,candidate=powersgd:rank=4",
+                            0.05, BW_SLOW, 8),
+                     GCOMP_OK);
+    assert_int_equal(tu_load(m.p, a, la, err, sizeof(err)), GCOMP_INVALID);
+    assert_non_null(strstr(err, "candidate=powersgd:rank=4"));
+    gp_instance_destroy(m.p);
+    assert_int_equal(create(&m, "perfmodel:gamma=1.2", 0.05, BW_SLOW, 8), GCOMP_OK);
+    assert_int_equal(tu_load(m.p, a, la, err, sizeof(err)), GCOMP_INVALID);
+    assert_string_equal(err, "perfmodel checkpoint made with gamma=1.07; this perfmodel has "
+                             "gamma=1.2");
+    gp_instance_destroy(m.p);
+    assert_int_not_equal(tu_load(k.p, a, la / 2, err, sizeof(err)), GCOMP_OK);
     char junk[] = "perfmodel 9\n";
-    f = fmemopen(junk, strlen(junk), "r");
-    assert_int_not_equal(k.p->policy->load(k.p->state, f), GCOMP_OK);
-    fclose(f);
-    b = save_text(k.p);
-    a2 = save_text(j.p);
-    assert_string_equal(a2, b);
-    free(a2);
-    free(b);
+    assert_int_equal(tu_load(k.p, junk, strlen(junk), err, sizeof(err)), GCOMP_INVALID);
+    assert_non_null(strstr(err, "expected a 'PERF' record"));
+    tu_check_refusals(k.p, a, la);
+    tu_assert_same_state(j.p, k.p);
     free(a);
+    gp_instance_destroy(j.p);
+    gp_instance_destroy(k.p);
+}
+
+/* 64-bit layer ids survive a checkpoint: the ids of buckets beyond 2^16 and layers with
+   the same low 32 bits are kept apart. */
+static void test_save_load_ids(void **st)
+{
+    (void)st;
+    job j = {0};
+    make_layers(&j, "b", (uint64_t)0x12345 << 8);
+    assert_int_equal(create(&j, "perfmodel:warmup=1", 0.05, BW_SLOW, 8), GCOMP_OK);
+    run_step(&j, "b", 0, 0, 1, true, NULL, 0);
+    size_t len;
+    unsigned char *ck = tu_save(j.p, &len);
+    uint64_t id = j.layers[3].geom.id;
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (unsigned char)(id >> (8 * i));
+    assert_true(id >> 32 == 0x1234500);
+    assert_non_null(memmem(ck, len, le, 8));
+    job k = {0};
+    assert_int_equal(create(&k, "perfmodel:warmup=1", 0.05, BW_SLOW, 8), GCOMP_OK);
+    assert_int_equal(tu_load(k.p, ck, len, NULL, 0), GCOMP_OK);
+    tu_assert_same_state(j.p, k.p);
+    free(ck);
     gp_instance_destroy(j.p);
     gp_instance_destroy(k.p);
 }
@@ -696,6 +799,7 @@ int main(void)
         cmocka_unit_test(test_whatif),
         cmocka_unit_test(test_collect_times_codecs),
         cmocka_unit_test(test_save_load),
+        cmocka_unit_test(test_save_load_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
