@@ -10,6 +10,8 @@
 #   deploy/dev.sh bench-link [RATE] [ARGS]
 #                                the slow-link benchmark in a private network namespace
 #                                (tests/bench/bench_link.py; RATE default 1gbit)
+#   deploy/dev.sh experiment [ARGS]  Fashion-MNIST convergence of every codec and policy on
+#                                4 emulated nodes; writes docs/CONVERGENCE.md (examples/convergence.py)
 # Build directories: ./build, ./build-san, ./build-fuzz (GCOMP_BUILD, GCOMP_SAN_BUILD,
 # GCOMP_FUZZ_BUILD override them). With CI set, warnings are errors.
 set -eu
@@ -143,8 +145,11 @@ bench-link)
     [ $# -gt 0 ] && shift
     exec unshare -n /usr/bin/python3 tests/bench/bench_link.py --build "$BUILD" --rate "$rate" "$@"
     ;;
+experiment)
+    exec /usr/bin/python3 examples/convergence.py --build "$BUILD" "$@"
+    ;;
 *)
-    echo "usage: deploy/dev.sh demo [STEPS] | test [--sanitize] [MESON TEST ARGS] | fuzz [SECONDS] | bench [ARGS] | bench-link [RATE]" >&2
+    echo "usage: deploy/dev.sh demo [STEPS] | test [--sanitize] [MESON TEST ARGS] | fuzz [SECONDS] | bench [ARGS] | bench-link [RATE] | experiment [ARGS]" >&2
     exit 2
     ;;
 esac

@@ -13,16 +13,19 @@ libprotobuf-c-dev protobuf-c-compiler libuv1-dev libopenblas-dev liblapacke-dev 
 # The tests: cmocka (unit), slurm-wlm and munge (a real Slurm cluster in test_slurm),
 # python3-torch (torch.distributed under gcomp-run), python3-matplotlib (gcomp-plot),
 # python3-yaml (the Kubernetes manifests' checks), iproute2 (shaped links in network
-# namespaces), util-linux (unshare, prlimit, setpriv).
+# namespaces), util-linux (unshare, prlimit, setpriv), dataset-fashion-mnist
+# (/usr/share/datasets/fashion-mnist: gcomp.torch's tests and the experiment), venv,
+# pip, setuptools and wheel (the test that pip-installs the Python package).
 TEST_PKGS="libcmocka-dev ucx-utils python3-numpy python3-pytest procps iproute2 util-linux
-slurm-wlm munge python3-torch python3-matplotlib python3-yaml"
+slurm-wlm munge python3-torch python3-matplotlib python3-yaml dataset-fashion-mnist
+python3-venv python3-pip python3-setuptools python3-wheel"
 venv=""
 case "${1:-}" in
 "") PKGS="$BUILD_PKGS $TEST_PKGS" ;;
 --build-only) PKGS=$BUILD_PKGS ;;
 --fuzz)
     venv=${2:?usage: install-deps.sh --fuzz VENV}
-    PKGS="$BUILD_PKGS $TEST_PKGS clang libclang-rt-14-dev python3-venv"
+    PKGS="$BUILD_PKGS $TEST_PKGS clang libclang-rt-14-dev"
     ;;
 *)
     echo "usage: deploy/install-deps.sh [--build-only | --fuzz VENV]" >&2

@@ -13,8 +13,9 @@
  *
  * Errors: every function that can fail returns a gcomp_status (0 on success, a
  * negative code otherwise). Outputs are written only on success. gcomp_last_error()
- * gives the detailed message of the last failure (the daemon's text when it sent one,
- * naming the bucket and the cause).
+ * gives the detailed message of the calling thread's last failure (the daemon's text
+ * when it sent one, naming the bucket and the cause). When the daemon goes away it says
+ * why (shutdown, a node lost): every call after that fails with its status and text.
  */
 #ifndef GCOMP_H
 #define GCOMP_H
@@ -71,7 +72,8 @@ typedef enum gcomp_dtype { GCOMP_FLOAT32 = 0 } gcomp_dtype;
 /* Limits, checked by client and daemon alike. */
 #define GCOMP_MAX_NAME 255      /* bytes in a bucket or layer name */
 #define GCOMP_MAX_DIMS 8        /* dimensions of a layer */
-#define GCOMP_MAX_LAYERS 4096   /* layers in a bucket (and the registration must fit in one message) */
+#define GCOMP_MAX_LAYERS 4096   /* layers in a bucket (a registration that does not fit in
+                                   one message is sent in parts) */
 
 typedef struct gcomp_client gcomp_client;
 typedef struct gcomp_bucket gcomp_bucket;
@@ -100,8 +102,9 @@ int gcomp_connect(const gcomp_options *opts, gcomp_client **out);
 /* Close the connection and unmap every bucket. NULL is a no-op. */
 void gcomp_disconnect(gcomp_client *c);
 
-/* Detailed text of the client's last failure ("" if none). Valid until the next call.
-   With c == NULL: why this thread's last gcomp_connect() failed. */
+/* Detailed text of the calling thread's last failure on this client ("" if none): each
+   thread sees its own. Valid until that thread's next call. With c == NULL: why this
+   thread's last gcomp_connect() failed. */
 const char *gcomp_last_error(const gcomp_client *c);
 
 /* This trainer's node index and the number of nodes, from the handshake. */

@@ -2,9 +2,10 @@
 
 ctypes bindings over libgcomp-client (no compiled extension). The trainer API is
 :class:`Client`, :class:`Bucket` and :class:`Error`; :class:`Status` lists the status
-codes of gcomp.h. The launcher (``gcomp-run``) lives in :mod:`gcomp.launch`, the
-trace replay driver (``gcomp-replay``) in :mod:`gcomp.replay` and the plots
-(``gcomp-plot``) in :mod:`gcomp.plot`.
+codes of gcomp.h. The PyTorch integration (DDP hook, DistributedOptimizer,
+broadcast_parameters) is :mod:`gcomp.torch`. The launcher (``gcomp-run``) lives in
+:mod:`gcomp.launch`, the trace replay driver (``gcomp-replay``) in :mod:`gcomp.replay`
+and the plots (``gcomp-plot``) in :mod:`gcomp.plot`.
 
 The shared library is found through ``$GCOMP_LIBRARY``, the path meson recorded at
 install time, ``$GCOMP_BUILD_DIR/client``, or the system library path (see

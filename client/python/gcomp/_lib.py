@@ -22,6 +22,7 @@ MAX_NAME = 255  # GCOMP_MAX_NAME
 MAX_DIMS = 8  # GCOMP_MAX_DIMS
 MAX_LAYERS = 4096  # GCOMP_MAX_LAYERS
 FLOAT32 = 0  # GCOMP_FLOAT32
+BUCKET_EXACT = 1 << 0  # GCOMP_BUCKET_EXACT
 
 HINT_LR = 1 << 0
 HINT_SAMPLES = 1 << 1
@@ -114,11 +115,18 @@ _PROTOTYPES = {
         [_client_p, ctypes.c_char_p, ctypes.POINTER(Layer), ctypes.c_size_t,
          ctypes.POINTER(_bucket_p)],
     ),
+    "gcomp_bucket_register_flags": (
+        ctypes.c_int,
+        [_client_p, ctypes.c_char_p, ctypes.POINTER(Layer), ctypes.c_size_t, ctypes.c_uint,
+         ctypes.POINTER(_bucket_p)],
+    ),
+    "gcomp_bucket_unregister": (ctypes.c_int, [_bucket_p]),
     "gcomp_bucket_numel": (ctypes.c_size_t, [_bucket_p]),
     "gcomp_bucket_data": (ctypes.POINTER(ctypes.c_float), [_bucket_p]),
     "gcomp_bucket_result": (ctypes.POINTER(ctypes.c_float), [_bucket_p]),
     "gcomp_submit": (ctypes.c_int, [_bucket_p, ctypes.c_int64]),
     "gcomp_wait": (ctypes.c_int, [_bucket_p, ctypes.c_int]),
+    "gcomp_wait_any": (ctypes.c_int, [_client_p, ctypes.c_int, ctypes.POINTER(_bucket_p)]),
     "gcomp_hint": (ctypes.c_int, [_client_p, ctypes.POINTER(Hints)]),
     "gcomp_advice_get": (ctypes.c_int, [_client_p, ctypes.POINTER(Advice)]),
 }
