@@ -45,7 +45,10 @@ typedef struct eng_bucket {
     gcd_bucket *b;
     eng_layer *layers;    /* [b->layout.n] */
     uint32_t uid;         /* its number in the job (coordinator); 0 before its first run */
-    /* The local sum of the step its trainers submitted (reduce.c). */
+    /* The local sum of the step its trainers submitted (reduce.c), into `local`: a
+       transport buffer the dense exchange sends from straight into the result region,
+       and the compressed layers' input. */
+    gcd_buf local;
     int64_t sum_step;     /* being summed or summed and not yet reported; -1: none */
     gcd_batch sum;        /* the sum's jobs */
     uint8_t *sum_bad;     /* [nchunks]: a chunk held a non-finite value (its job writes it) */
@@ -175,9 +178,11 @@ int eng_take_events(engine *e);
 /* One turn of the negotiation (never blocks). Returns 1 if it did work, 0 if not, < 0
    on a fatal error. */
 int eng_negotiate(engine *e);
+/* Whether our report is out and its decision not here yet (the loop then polls). */
+bool eng_negotiation_waiting(const engine *e);
 /* The bucket's state, made on its first ready step; NULL when out of memory. */
 eng_bucket *eng_bucket_get(engine *e, gcd_bucket *b);
-void eng_bucket_free(gcd_bucket *b);
+void eng_bucket_free(engine *e, gcd_bucket *b);
 
 /* ---- reduce.c ---- */
 /* Start the local sum of b's submitted step on the pool. */

@@ -169,13 +169,11 @@ int gcd_engine_run(gcd *d)
         }
         if (work)
             continue;
-        if (eng_pipeline_waiting_on_network(&e)) {
-            /* Collectives progress only when we call into the transport: poll, and
-               leave the cores to the workers when they have something to do. */
-            if (gcd_pool_busy(e.pool))
-                wait_for_work(d, 0.05);
-            else
-                sched_yield();
+        if (eng_pipeline_waiting_on_network(&e) || eng_negotiation_waiting(&e)) {
+            /* Collectives and the negotiation progress only when we call into the
+               transport: poll every 50 us, sleeping in between so the cores are left to
+               the workers and the trainers (spinning costs a core per daemon). */
+            wait_for_work(d, 0.05);
         } else {
             wait_for_work(d, e.in_flight || gcd_pool_busy(e.pool) ? 1.0 : d->cfg.cycle_ms);
         }
@@ -189,7 +187,7 @@ int gcd_engine_run(gcd *d)
     eng_pipeline_free(&e);
     for (uint32_t i = 0; i < d->nbuckets; i++)
         if (d->buckets[i])
-            eng_bucket_free(d->buckets[i]);
+            eng_bucket_free(&e, d->buckets[i]);
     while (e.saved) {
         saved_bucket *s = e.saved;
         e.saved = s->next;

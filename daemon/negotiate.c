@@ -167,11 +167,13 @@ eng_bucket *eng_bucket_get(engine *e, gcd_bucket *b)
     return eb;
 }
 
-void eng_bucket_free(gcd_bucket *b)
+void eng_bucket_free(engine *e, gcd_bucket *b)
 {
     eng_bucket *eb = b->eng;
     if (!eb)
         return;
+    if (eb->local.ptr != b->res)
+        gcd_data_release(&e->d->data, &eb->local);
     for (size_t i = 0; i < b->layout.n; i++)
         eng_layer_reset(&eb->layers[i]);
     free(eb->layers);
@@ -260,7 +262,7 @@ int eng_take_events(engine *e)
                 if ((names[n->rb.nunreg] = strdup(b->name)))
                     n->rb.nunreg++;
             }
-            eng_bucket_free(b);
+            eng_bucket_free(e, b);
             gcd_to_loop(d, GCD_EV_FREED, b->id, 0, 0, 0, NULL);
             break;
         }
@@ -524,6 +526,11 @@ static int negotiation_stall(engine *e, int node)
         snprintf(why, sizeof(why), "the negotiation did not finish in %d ms (every node "
                  "answers): job aborted", d->cfg.timeout_ms);
     return eng_fatal(e, GCOMP_STALL, why);
+}
+
+bool eng_negotiation_waiting(const engine *e)
+{
+    return e->neg->waiting && !e->neg->pending;
 }
 
 int eng_negotiate(engine *e)

@@ -2,12 +2,13 @@
  * pipeline.c: the bucket steps in flight. Each decided bucket step is a small state
  * machine, advanced a little on every turn of the engine's loop:
  *
- *   queued on its lane -> prepare (x = (ef ? x : 0) + W g per compressed layer) ->
+ *   queued on its lane -> prepare (x = (ef ? x : 0) + W g per compressed layer, g
+ *   the node's share in the local sum) ->
  *   collect (the policy's statistics) -> exchanges -> statistics exchange -> result
  *
  * The exchanges of a step, in a fixed order (the plan): the dense layers (one
- * allreduce of the packed dense elements, in place on the result region when every
- * layer is dense), then for phase p = 0, 1, ... every group of compressed layers
+ * allreduce of the packed dense elements; when every layer is dense, straight from the
+ * bucket's local sum into its result region, nothing packed or copied), then for phase p = 0, 1, ... every group of compressed layers
  * (layers of one codec with the same number of phases, each with its own spec) that
  * has a phase p. An exchange encodes its layers on the workers, runs one collective
  * (two for allgathers of variable size: sizes, then payloads), and decodes on the
@@ -54,14 +55,16 @@ typedef struct eng_xchg {
     int last_phase;       /* X_PHASE: the group's last phase */
     long prev;            /* X_PHASE: index of the group's previous phase, or -1 */
     gk_coll coll;
-    bool gather, fixed, in_place;
+    bool gather, fixed;
+    bool direct;          /* every layer dense: local sum -> result region */
     size_t n;             /* layers */
     size_t *idx;          /* [n] layer indices in the bucket */
     size_t *slot;         /* [n] byte offset of each layer's segment in send */
     size_t *max;          /* [n] gk_payload_bytes at this step */
     size_t *wrote;        /* [n] bytes each encode wrote */
     size_t head;          /* variable allgather: bytes of the size table */
-    size_t region;        /* bytes of the send region (slots) */
+    size_t region;        /* bytes of the send region (slots); an allreduce's result
+                             lands in a recv region of the same size */
     size_t send_len;      /* bytes this node sends */
     gcd_buf send, recv;
     bool own_recv;        /* recv was allocated for this exchange (variable allgather) */
@@ -169,7 +172,8 @@ bool eng_pipeline_waiting_on_network(const engine *e)
             continue;
         if (s->st == S_STATS)
             return true;
-        for (size_t i = 0; s->st == S_XCHG && i < s->nx; i++)
+        /* (the dense exchange runs from the start, during preparation and collect) */
+        for (size_t i = 0; i < s->nx; i++)
             if (s->x[i].st == XS_COLL || s->x[i].st == XS_SIZES)
                 return true;
     }
@@ -208,7 +212,8 @@ static size_t xchg_size(eng_xchg *x, int W)
     }
     x->region = off;
     x->ncoll = x->gather && !x->fixed ? 2 : 1;
-    return ALIGN8(off) + (x->gather && x->fixed ? ALIGN8(off) * (size_t)W : 0);
+    size_t recv = !x->gather ? ALIGN8(off) : x->fixed ? ALIGN8(off) * (size_t)W : 0;
+    return ALIGN8(off) + recv;
 }
 
 /* The step's exchanges (see the file comment) and their buffers. */
@@ -266,7 +271,7 @@ static int plan(engine *e, eng_step *s)
         x->s = s;
         x->kind = X_DENSE;
         x->coll = GK_COLL_ALLREDUCE_F32;
-        x->in_place = s->ncomp == 0;
+        x->direct = s->ncomp == 0;
         x->prev = -1;
         rc = xchg_layers(x, ndense, W);
         for (size_t i = 0, j = 0; !rc && i < nl; i++)
@@ -274,7 +279,7 @@ static int plan(engine *e, eng_step *s)
                 x->idx[j] = i;
                 x->max[j++] = b->layout.layers[i].numel * sizeof(float);
             }
-        if (!rc && !x->in_place)
+        if (!rc && !x->direct)
             need += xchg_size(x, W);
         else if (!rc)
             xchg_size(x, W);
@@ -329,17 +334,22 @@ static int plan(engine *e, eng_step *s)
     size_t at = 0;
     for (size_t i = 0; i < s->nx; i++) {
         eng_xchg *x = &s->x[i];
-        if (x->in_place) {
-            x->send = (gcd_buf){.ptr = b->res, .bytes = b->layout.numel * sizeof(float),
+        if (x->direct) {
+            x->send = eb->local;
+            x->recv = (gcd_buf){.ptr = b->res, .bytes = b->layout.numel * sizeof(float),
                                 .mem = GK_MEM_HOST};
-            x->send_len = x->send.bytes;
+            x->send_len = x->recv.bytes;
             s->payload += x->send_len;
             continue;
         }
         x->send = (gcd_buf){.ptr = (char *)lb->ptr + at, .bytes = x->region, .mem = lb->mem,
                             .reg = lb->reg};
         at += ALIGN8(x->region);
-        if (x->gather && x->fixed) {
+        if (!x->gather) {
+            x->recv = (gcd_buf){.ptr = (char *)lb->ptr + at, .bytes = x->region, .mem = lb->mem,
+                                .reg = lb->reg};
+            at += ALIGN8(x->region);
+        } else if (x->fixed) {
             x->recv = (gcd_buf){.ptr = (char *)lb->ptr + at, .bytes = x->region * (size_t)W,
                                 .mem = lb->mem, .reg = lb->reg};
             at += ALIGN8(x->region) * (size_t)W;
@@ -364,7 +374,7 @@ static int prep_job(void *arg, size_t j, const gk_exec *exec)
     size_t i = s->comp[j];
     eng_layer *l = &s->eb->layers[i];
     float W = (float)s->e->d->nodes;
-    const float *g = s->b->res + s->b->layout.layers[i].offset;
+    const float *g = (const float *)s->eb->local.ptr + s->b->layout.layers[i].offset;
     if (l->spec.ef)
         for (size_t k = 0; k < l->geom.numel; k++)
             l->x[k] += W * g[k];
@@ -392,7 +402,7 @@ static int encode_job(void *arg, size_t j, const gk_exec *exec)
     eng_layer *l = &s->eb->layers[x->idx[j]];
     const gcd_layer *gl = &s->b->layout.layers[x->idx[j]];
     if (x->kind == X_DENSE) {
-        memcpy(send + x->slot[j], s->b->res + gl->offset, x->max[j]);
+        memcpy(send + x->slot[j], (const float *)s->eb->local.ptr + gl->offset, x->max[j]);
         x->wrote[j] = x->max[j];
         l->payload = x->max[j];
         return GCOMP_OK;
@@ -424,7 +434,7 @@ static int decode_job(void *arg, size_t j, const gk_exec *exec)
     const gcd_layer *gl = &s->b->layout.layers[x->idx[j]];
     float *out = s->b->res + gl->offset;
     if (x->kind == X_DENSE) {
-        memcpy(out, (char *)x->send.ptr + x->slot[j], x->max[j]);
+        memcpy(out, (char *)x->recv.ptr + x->slot[j], x->max[j]);
         return GCOMP_OK;
     }
     int W = s->e->d->nodes;
@@ -524,7 +534,7 @@ static int issue(engine *e, eng_step *s, eng_xchg *x)
     int W = e->d->nodes, rc;
     x->t_issue = gk_now_s();
     if (!x->gather) {
-        rc = dp->ops->allreduce(dp->priv, s->lane, x->coll, &x->send, 0,
+        rc = dp->ops->allreduce(dp->priv, s->lane, x->coll, &x->send, &x->recv, 0,
                                 x->send_len / coll_elem(x->coll), &x->req);
         x->st = XS_COLL;
     } else if (x->fixed) {
@@ -557,7 +567,7 @@ static int xchg_progress(engine *e, eng_step *s, size_t i)
     case XS_WAIT:
         if (x->kind == X_PHASE && x->prev >= 0 && s->x[x->prev].st != XS_DONE)
             return 0;
-        if (x->in_place) {
+        if (x->direct) {
             x->st = XS_READY;
             return 1;
         }
@@ -614,7 +624,7 @@ static int xchg_progress(engine *e, eng_step *s, size_t i)
         if (!done)
             return overdue(e, x->t_issue) ? stalled(s, "exchange") : 0;
         x->t_coll += gk_now_s() - x->t_issue;
-        if (x->in_place) {
+        if (x->direct) {
             x->st = XS_DONE;
             return 1;
         }
@@ -624,8 +634,8 @@ static int xchg_progress(engine *e, eng_step *s, size_t i)
         } else {
             for (size_t j = 0; j < x->n; j++)
                 for (int w = 0; w < (x->gather ? W : 1); w++) {
-                    const char *base = x->gather ? (const char *)x->recv.ptr + (size_t)w * x->send_len
-                                                 : (const char *)x->send.ptr;
+                    const char *base = (const char *)x->recv.ptr +
+                                       (x->gather ? (size_t)w * x->send_len : 0);
                     x->rp[j * (size_t)(x->gather ? W : 1) + (size_t)w] = base + x->slot[j];
                     x->rb[j * (size_t)(x->gather ? W : 1) + (size_t)w] = x->max[j];
                 }

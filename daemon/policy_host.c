@@ -107,14 +107,16 @@ static void prune_policies(engine *e)
 
 /* ---- the network probe ---- */
 
-/* Run one data-plane allreduce to the end (start-up and decided switches only: every
-   node is here at the same point). */
+/* Run one data-plane allreduce of n floats from v into v + n to the end (start-up and
+   decided switches only: every node is here at the same point). Out of place, as the
+   pipeline's exchanges are. */
 static int allreduce_now(engine *e, float *v, size_t n)
 {
     gcd_data *dp = &e->d->data;
-    gcd_buf buf = {.ptr = v, .bytes = n * sizeof(float), .mem = GK_MEM_HOST};
+    gcd_buf send = {.ptr = v, .bytes = n * sizeof(float), .mem = GK_MEM_HOST};
+    gcd_buf recv = {.ptr = v + n, .bytes = n * sizeof(float), .mem = GK_MEM_HOST};
     gcd_dreq *req;
-    int rc = dp->ops->allreduce(dp->priv, 0, GK_COLL_ALLREDUCE_F32, &buf, 0, n, &req);
+    int rc = dp->ops->allreduce(dp->priv, 0, GK_COLL_ALLREDUCE_F32, &send, &recv, 0, n, &req);
     int64_t deadline = gk_now_ms() + e->d->cfg.timeout_ms;
     for (bool done = false; !rc && !done;) {
         rc = dp->ops->test(dp->priv, req, &done);
@@ -126,9 +128,11 @@ static int allreduce_now(engine *e, float *v, size_t n)
 
 /*
  * Measure the data plane for the policies that model it (gp_env): latency from 4-byte
- * allreduces (alpha = t / (p - 1), as algorithms.md 3.6 says), bandwidth from a 16 MiB
- * one (T = 2 alpha (p-1) + 2 b (p-1) / (p BW)). The slowest node's numbers, so every
- * node models the same.
+ * allreduces (alpha = t / (p - 1), as algorithms.md 3.6 says), bandwidth from 16 MiB
+ * ones (T = 2 alpha (p-1) + 2 b (p-1) / (p BW)). Each the fastest of its repetitions:
+ * the probe runs at start-up, beside trainers that load their frameworks on the same
+ * cores, and the fastest run is the one they disturbed least. The slowest node's
+ * numbers, so every node models the same.
  */
 static void probe_network(engine *e)
 {
@@ -137,22 +141,25 @@ static void probe_network(engine *e)
     int p = d->nodes;
     if (p < 2)
         return;
-    enum { SMALL_REPS = 20, LARGE_REPS = 3 };
+    enum { SMALL_REPS = 20, LARGE_REPS = 6 };
     size_t n = 4u << 20; /* floats: 16 MiB */
-    float one = 0.0f, *big = calloc(n, sizeof(float));
+    float one[2] = {0}, *big = calloc(2 * n, sizeof(float));
     if (!big)
         return;
-    int rc = GCOMP_OK;
-    double t0 = gk_now_s();
-    for (int i = 0; i < SMALL_REPS && !rc; i++)
-        rc = allreduce_now(e, &one, 1);
-    double t_small = (gk_now_s() - t0) / SMALL_REPS * 1e3;
-    if (!rc)
-        rc = allreduce_now(e, big, n); /* first touch */
-    t0 = gk_now_s();
-    for (int i = 0; i < LARGE_REPS && !rc; i++)
+    /* The first one waits for every node to arrive here (a barrier): not timed. */
+    int rc = allreduce_now(e, one, 1);
+    double t_small = INFINITY, t_large = INFINITY;
+    for (int i = 0; i < SMALL_REPS && !rc; i++) {
+        double t0 = gk_now_s();
+        rc = allreduce_now(e, one, 1);
+        t_small = fmin(t_small, (gk_now_s() - t0) * 1e3);
+    }
+    for (int i = 0; i <= LARGE_REPS && !rc; i++) {
+        double t0 = gk_now_s();
         rc = allreduce_now(e, big, n);
-    double t_large = (gk_now_s() - t0) / LARGE_REPS * 1e3;
+        if (i > 0) /* the first touches the pages */
+            t_large = fmin(t_large, (gk_now_s() - t0) * 1e3);
+    }
     free(big);
     double v[2] = {t_small, t_large};
     gcd_ctl_req *req;
@@ -302,7 +309,7 @@ size_t eng_stats_len(const gp_instance *p, size_t nlayers)
     return nlayers * ((size_t)p->policy->nstats + 1) + TAIL_N;
 }
 
-/* One layer's collect(): g is the node's gradient (W times its share in res), x the
+/* One layer's collect(): g is the node's gradient (W times its share in the local sum), x the
    codec's input (g for layers sent dense). */
 static int collect_layer(const eng_collect *c, size_t i, const gk_exec *exec)
 {
@@ -312,9 +319,9 @@ static int collect_layer(const eng_collect *c, size_t i, const gk_exec *exec)
     float *g = gk_arena_alloc(exec->scratch, l->geom.numel * sizeof(float));
     if (!g)
         return GCOMP_NOMEM;
-    const float *res = b->res + b->layout.layers[i].offset;
+    const float *local = (const float *)c->eb->local.ptr + b->layout.layers[i].offset;
     for (size_t k = 0; k < l->geom.numel; k++)
-        g[k] = W * res[k];
+        g[k] = W * local[k];
     gp_layer pl = {.bucket = b->name, .name = b->layout.layers[i].name, .index = (int)i,
                    .geom = l->geom};
     return c->p->policy->collect(c->p->state, &pl, c->step, g, l->compressed ? l->x : g,

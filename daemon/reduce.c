@@ -1,6 +1,8 @@
 /*
- * reduce.c: the local sum of a bucket over the node's trainers, into its result
- * region, scaled by 1 / (trainers of the job): res = (1/T) sum_t in[t]. It runs on the
+ * reduce.c: the local sum of a bucket over the node's trainers, scaled by 1 / (trainers
+ * of the job): local = (1/T) sum_t in[t], into the bucket's own transport buffer (the
+ * exchange sends from it; the result region gets the exchange's result). On one node
+ * local is the result region. It runs on the
  * worker pool in chunks that stay in cache, and checks the sum for non-finite values,
  * which fail the step on every node (nonfinite=fail) or are sent as zeros by this node
  * (nonfinite=skip); either way they never reach error feedback.
@@ -11,44 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/floats.h"
 #include "engine.h"
 #include "log.h"
 
-#ifdef __SSE__
-#include <immintrin.h>
-#endif
 
 /* Elements per job: large enough to amortise a job, small enough to spread a bucket
    over the workers. */
 #define SUM_CHUNK ((size_t)1 << 20)
-
-/* 1 if any of the n floats is Inf or NaN (all exponent bits set). An integer OR
-   reduction, so it vectorises (a float sum would be a serial dependency chain). */
-static uint32_t any_nonfinite(const float *restrict v, size_t n)
-{
-    uint32_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &v[i], sizeof(u));
-        bad |= (u & 0x7f800000u) == 0x7f800000u;
-    }
-    return bad;
-}
-
-/* o = a * scale with non-temporal stores where the target has them. */
-static void scale_stream(float *restrict o, const float *restrict a, size_t m, float scale)
-{
-    size_t i = 0;
-#ifdef __SSE__
-    if (((uintptr_t)o & 15) == 0) {
-        __m128 s = _mm_set1_ps(scale);
-        for (; i + 4 <= m; i += 4)
-            _mm_stream_ps(o + i, _mm_mul_ps(_mm_loadu_ps(a + i), s));
-    }
-#endif
-    for (; i < m; i++)
-        o[i] = a[i] * scale;
-}
 
 /* out = scale * sum_t in[t] over n elements, in blocks that stay in L1; returns 1 if
    any output is not finite. */
@@ -64,8 +36,8 @@ static uint32_t sum_scaled(float *restrict out, float *const *in, int T, size_t 
             /* The result is read by other processes later, not by us: stream it past
                the cache (no read-for-ownership), as memcpy does for large copies. An
                input that is finite stays finite when scaled by <= 1. */
-            scale_stream(o, a, m, scale);
-            bad |= any_nonfinite(a, m);
+            gk_stream_scale(o, a, m, scale);
+            bad |= gk_any_nonfinite(a, m);
             continue;
         }
         const float *restrict b = in[1] + off;
@@ -78,7 +50,7 @@ static uint32_t sum_scaled(float *restrict out, float *const *in, int T, size_t 
         }
         for (size_t i = 0; i < m; i++)
             o[i] *= scale;
-        bad |= any_nonfinite(o, m);
+        bad |= gk_any_nonfinite(o, m);
     }
     return bad;
 }
@@ -93,10 +65,9 @@ static int sum_chunk(void *arg, size_t k, const gk_exec *exec)
     float *in[GCD_MAX_TRAINERS];
     for (int t = 0; t < b->trainers; t++)
         in[t] = b->in[t] + off;
-    eb->sum_bad[k] = (uint8_t)sum_scaled(b->res + off, in, b->trainers, n, eb->scale);
-#ifdef __SSE__
-    _mm_sfence(); /* streamed stores are visible before the exchange reads them */
-#endif
+    eb->sum_bad[k] = (uint8_t)sum_scaled((float *)eb->local.ptr + off, in, b->trainers, n,
+                                         eb->scale);
+    gk_stream_fence(); /* before the exchange reads them */
     return GCOMP_OK;
 }
 
@@ -104,6 +75,16 @@ int eng_reduce_start(engine *e, eng_bucket *eb, int64_t step)
 {
     gcd_bucket *b = eb->b;
     size_t chunks = (b->layout.numel + SUM_CHUNK - 1) / SUM_CHUNK;
+    if (!eb->local.ptr && e->d->nodes == 1) {
+        /* One node: the sum is the result; the exchange leaves it in place. */
+        eb->local = (gcd_buf){.ptr = b->res, .bytes = b->layout.numel * sizeof(float),
+                              .mem = GK_MEM_HOST};
+    } else if (!eb->local.ptr) {
+        int rc = gcd_data_alloc(&e->d->data, GK_MEM_HOST, b->layout.numel * sizeof(float),
+                                &eb->local);
+        if (rc)
+            return rc;
+    }
     if (chunks != eb->nchunks || !eb->sum_bad) {
         uint8_t *bad = realloc(eb->sum_bad, chunks ? chunks : 1);
         if (!bad)
@@ -128,8 +109,8 @@ bool eng_reduce_done(engine *e, eng_bucket *eb, int *status, char *err, size_t e
         bad |= eb->sum_bad[k] != 0;
     for (size_t i = 0; bad && !*status && i < b->layout.n; i++) {
         const gcd_layer *l = &b->layout.layers[i];
-        float *g = b->res + l->offset;
-        if (!any_nonfinite(g, l->numel))
+        float *g = (float *)eb->local.ptr + l->offset;
+        if (!gk_any_nonfinite(g, l->numel))
             continue;
         size_t k = 0;
         while (isfinite(g[k]))

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <stddef.h>
 
+#include "base/floats.h"
 #include "codec.h"
 #include "gcomp.h"
 #include "rng.h"
@@ -96,13 +97,7 @@ static inline int gk_lowrank_check(const void *const *recv, const size_t *bytes,
 {
     if (nrecv != 1 || bytes[0] != floats * sizeof(float))
         return GCOMP_PROTOCOL;
-    const float *f = recv[0];
-    uint32_t bad = 0;
-    for (size_t i = 0; i < floats; i++) {
-        uint32_t u;
-        memcpy(&u, &f[i], sizeof(u));
-        bad |= (u & 0x7f800000u) == 0x7f800000u;
-    }
+    uint32_t bad = gk_any_nonfinite(recv[0], floats);
     return bad ? GCOMP_PROTOCOL : GCOMP_OK;
 }
 

@@ -16,8 +16,10 @@
  *  - Buffers are tagged with their memory space (gk_mem); alloc() gives memory the
  *    transport moves fast (registered, pinned or on the device); buffers made elsewhere
  *    (the shared result regions) work too when their space is one moves() accepts.
- *  - Allreduce sums elements of a gk_coll type in place (float32; fp16/bf16 summed in
- *    float32 and rounded per element). Allgather: every node's `bytes` bytes land at
+ *  - Allreduce sums elements of a gk_coll type from send into recv (float32; fp16/bf16
+ *    summed in float32 and rounded per element); recv may be send (in place), but two
+ *    buffers may be faster (Open MPI's in-place MPI_Iallreduce copies the whole
+ *    buffer). Allgather: every node's `bytes` bytes land at
  *    recv + w * bytes. Allgatherv: node w's bytes land at recv + displs[w], counts[w]
  *    long, counts that every node passes identically.
  *
@@ -59,8 +61,8 @@ typedef struct gcd_data_ops {
     /* Free what alloc() gave; NULL when alloc is. */
     void (*release)(void *priv, gcd_buf *b);
     /* Start collectives (see above). Offsets are in bytes. Never NULL. */
-    int (*allreduce)(void *priv, int lane, gk_coll type, const gcd_buf *buf, size_t off,
-                     size_t count, gcd_dreq **req);
+    int (*allreduce)(void *priv, int lane, gk_coll type, const gcd_buf *send,
+                     const gcd_buf *recv, size_t off, size_t count, gcd_dreq **req);
     int (*allgather)(void *priv, int lane, const gcd_buf *send, size_t off, size_t bytes,
                      const gcd_buf *recv, gcd_dreq **req);
     int (*allgatherv)(void *priv, int lane, const gcd_buf *send, size_t off, size_t bytes,

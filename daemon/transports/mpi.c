@@ -105,8 +105,8 @@ static gcd_dreq *dreq_new(int n)
     return r;
 }
 
-static int mpi_allreduce(void *priv, int lane, gk_coll type, const gcd_buf *buf, size_t off,
-                         size_t count, gcd_dreq **req)
+static int mpi_allreduce(void *priv, int lane, gk_coll type, const gcd_buf *send,
+                         const gcd_buf *recv, size_t off, size_t count, gcd_dreq **req)
 {
     mpi_priv *p = priv;
     if (lane < 0 || lane >= p->lanes || type == GK_COLL_ALLGATHER)
@@ -119,11 +119,13 @@ static int mpi_allreduce(void *priv, int lane, gk_coll type, const gcd_buf *buf,
     gcd_dreq *r = dreq_new(chunks);
     if (!r)
         return GCOMP_NOMEM;
-    char *base = (char *)buf->ptr + off;
+    const char *from = (const char *)send->ptr + off;
+    char *to = (char *)recv->ptr + off;
     for (int c = 0; c < chunks; c++) {
         size_t at = (size_t)c * MPI_CHUNK, n = count - at < MPI_CHUNK ? count - at : MPI_CHUNK;
-        if (MPI_Iallreduce(MPI_IN_PLACE, base + at * esize, (int)n, dt, op, p->lane[lane],
-                           &r->r[c]) != MPI_SUCCESS) {
+        const void *sb = from == to ? MPI_IN_PLACE : (const void *)(from + at * esize);
+        if (MPI_Iallreduce(sb, to + at * esize, (int)n, dt, op, p->lane[lane], &r->r[c]) !=
+            MPI_SUCCESS) {
             free(r); /* the job aborts: the started chunks are abandoned */
             return GCOMP_IO;
         }

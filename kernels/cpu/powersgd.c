@@ -14,6 +14,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../base/floats.h"
 #include "../lowrank.h"
 #include "gcomp.h"
 
@@ -107,18 +108,38 @@ static void psgd_sub(float *restrict x, const float *restrict o, size_t len)
 /*
  * out = P Q^T (row-major n x m, i.e. the column-major m x n matrix Q P^T) and the
  * residual: x -= out, or x -= P qres^T when qres is not NULL (powersgd's local
- * residual, qres = this node's Q before the allreduce).
+ * residual, qres = this node's Q before the allreduce). The product is memory-bound
+ * (the rank is small), so it runs in blocks of rows of about 64 KB: each block of the
+ * product goes into a scratch block that stays in cache, the residual reads it there,
+ * and it is streamed into out (written once, never read from memory). GCOMP_NOMEM if
+ * no scratch.
  */
-static void cpu_outer(const gk_lowrank_state *st, float *x, float *out, const float *qres)
+enum { OUTER_BLOCK_FLOATS = 16384 };
+
+static int cpu_outer(const gk_call *call, gk_lowrank_state *st, float *x, float *out,
+                     const float *qres)
 {
     size_t n = st->n, m = st->m, r = st->r;
-    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)r,
-                1.0f, st->q, (blasint)m, st->p, (blasint)n, 0.0f, out, (blasint)m);
-    if (qres)
-        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)r,
-                    -1.0f, qres, (blasint)m, st->p, (blasint)n, 1.0f, x, (blasint)m);
-    else
-        psgd_sub(x, out, n * m);
+    size_t rows = m >= OUTER_BLOCK_FLOATS ? 1 : OUTER_BLOCK_FLOATS / m;
+    float *tmp = gk_scratch_get(call, (rows < n ? rows : n) * m * sizeof(float));
+    if (!tmp)
+        return GCOMP_NOMEM;
+    for (size_t i = 0; i < n; i += rows) {
+        size_t nb = n - i < rows ? n - i : rows;
+        float *xb = x + i * m;
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)nb, (blasint)r,
+                    1.0f, st->q, (blasint)m, st->p + i, (blasint)n, 0.0f, tmp, (blasint)m);
+        if (qres)
+            cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)nb,
+                        (blasint)r, -1.0f, qres, (blasint)m, st->p + i, (blasint)n, 1.0f, xb,
+                        (blasint)m);
+        else
+            psgd_sub(xb, tmp, nb * m);
+        gk_stream_scale(out + i * m, tmp, nb * m, 1.0f);
+    }
+    gk_stream_fence();
+    gk_scratch_put(call, tmp);
+    return GCOMP_OK;
 }
 
 /* dst = src / W. */
@@ -161,8 +182,8 @@ static int powersgd_cpu_decode(const gk_call *call, float *x, const void *const 
         return GCOMP_PROTOCOL;
     scale_copy(st->q, recv[0], st->m * st->r, call->nodes);
     if (call->phase == 2 * (int)call->spec->v[GK_PSGD_POWER_ITERS] - 1) {
-        cpu_outer(st, x, out, st->qloc);
         st->have_q = true;
+        return cpu_outer(call, st, x, out, st->qloc);
     }
     return GCOMP_OK;
 }
@@ -207,8 +228,7 @@ static int unbiased_cpu_decode(const gk_call *call, float *x, const void *const 
         scale_copy(st->q, recv[0], st->m * st->r, call->nodes);
         st->have_q = true;
     }
-    cpu_outer(st, x, out, NULL);
-    return GCOMP_OK;
+    return cpu_outer(call, st, x, out, NULL);
 }
 
 const gk_codec_impl gk_powersgd_cpu = {.encode = powersgd_cpu_encode,

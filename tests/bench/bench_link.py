@@ -37,7 +37,9 @@ def shape(rate):
 
 
 def last_json(out):
-    lines = [l for l in out.splitlines() if l.startswith("{")]
+    # gcomp-run prefixes its trainers' lines with their rank ("[0] ").
+    lines = [l.split("] ", 1)[-1] for l in out.splitlines()]
+    lines = [l for l in lines if l.startswith("{")]
     if not lines:
         raise RuntimeError("no result line in:\n" + out[-3000:])
     return json.loads(lines[-1])
