@@ -9,19 +9,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+bool gcd_stats_path(const char *tmpl, int node, char *path, size_t len)
+{
+    if (!tmpl || !*tmpl)
+        return false;
+    const char *mark = strstr(tmpl, "{node}");
+    if (!mark && node != 0)
+        return false;
+    if (mark)
+        snprintf(path, len, "%.*s%d%s", (int)(mark - tmpl), tmpl, node, mark + 6);
+    else
+        snprintf(path, len, "%s", tmpl);
+    return true;
+}
+
 int gcd_stats_open(gcd_stats *s, const char *tmpl, int node, char *err, size_t errlen)
 {
     memset(s, 0, sizeof(*s));
-    if (!tmpl || !*tmpl)
-        return GCOMP_OK;
-    const char *mark = strstr(tmpl, "{node}");
-    if (!mark && node != 0)
-        return GCOMP_OK;
     char path[1024];
-    if (mark)
-        snprintf(path, sizeof(path), "%.*s%d%s", (int)(mark - tmpl), tmpl, node, mark + 6);
-    else
-        snprintf(path, sizeof(path), "%s", tmpl);
+    if (!gcd_stats_path(tmpl, node, path, sizeof(path)))
+        return GCOMP_OK;
     s->file = fopen(path, "w");
     if (!s->file) {
         snprintf(err, errlen, "stats file %s: %s", path, strerror(errno));

@@ -5,6 +5,7 @@
 #ifndef GCD_STATS_H
 #define GCD_STATS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -61,8 +62,12 @@ struct gcd;
    counted as failed, r->bucket and r->step only). Engine thread; takes gcd.mu. */
 void gcd_stats_record(struct gcd *d, const gcd_step_record *r, int status);
 
-/* Open the stats file for this node if the template asks for one ("{node}" replaced;
-   without it only node 0 writes). Returns 0 or GCOMP_IO with err. */
+/* The path of node's file from a per-node template (the stats file's, the decision
+   log's, the timeline's): "{node}" replaced by the node; without it only node 0 writes.
+   Returns false when this node writes none (no template, or not node 0). Any thread. */
+bool gcd_stats_path(const char *tmpl, int node, char *path, size_t len);
+/* Open the stats file for this node if the template asks for one (gcd_stats_path).
+   Returns 0 or GCOMP_IO with err. */
 int gcd_stats_open(gcd_stats *s, const char *tmpl, int node, char *err, size_t errlen);
 void gcd_stats_close(gcd_stats *s);
 /* Totals of a bucket, created on first use (under gcd.mu); NULL on out of memory. */
