@@ -37,6 +37,9 @@ static const struct gcd_key {
     {"decision-log", "", "JSON lines, one per layer whose codec or parameter changes (step,"
                          " bucket, layer, old, new, why), written by node 0; {node} as in"
                          " --stats-file. gcompctl policy log shows the latest either way"},
+    {"timeline", "", "Chrome trace / Perfetto JSON of every bucket step's phases (wait, sum,"
+                     " prepare, collect, encode, collective, decode, result) and policy"
+                     " switches, written by node 0; {node} as in --stats-file"},
     {"restore", "", "start from the checkpoint in this directory (gcompctl checkpoint save"
                     " DIR): error feedback, codec and policy state"},
     {"timeout-ms", "60000", "a node silent this long during negotiation is reported stalled"},
@@ -235,6 +238,8 @@ int gcd_config_load(int argc, char **argv, gcd_config *cfg, char *err, size_t er
                    sizeof(cfg->stats_file), err, errlen) ||
         copy_value("decision-log", vals[key_index("decision-log")], cfg->decision_log,
                    sizeof(cfg->decision_log), err, errlen) ||
+        copy_value("timeline", vals[key_index("timeline")], cfg->timeline,
+                   sizeof(cfg->timeline), err, errlen) ||
         copy_value("restore", vals[key_index("restore")], cfg->restore, sizeof(cfg->restore),
                    err, errlen))
         return GCOMP_INVALID;

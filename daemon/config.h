@@ -22,6 +22,7 @@ typedef struct gcd_config {
     char transport[32];
     char stats_file[512];
     char decision_log[512];
+    char timeline[512];   /* Chrome trace file template ("" = none; timeline.h) */
     char restore[512];    /* checkpoint directory to start from ("" = none) */
     int timeout_ms;       /* a node silent this long in a negotiation is reported stalled */
     int cycle_ms;         /* longest wait between negotiation cycles when idle */

@@ -17,6 +17,7 @@
 #include "events.h"
 #include "layout.h"
 #include "stats.h"
+#include "timeline.h"
 #include "transports/control.h"
 #include "transports/data.h"
 
@@ -104,6 +105,7 @@ typedef struct gcd {
     uint64_t policy_epoch;
     int64_t policy_step;
     gcd_stats stats;
+    gcd_timeline *timeline;     /* --timeline, or NULL (engine thread; timeline.h) */
 
     /* Loop thread only. */
     uv_loop_t loop;

@@ -169,6 +169,9 @@ int main(int argc, char **argv)
         gcd_log_error("%s", err);
         rc = GCOMP_IO;
     }
+    if (!rc && (rc = gcd_timeline_open(d.cfg.timeline, d.node, d.cfg.lanes, &d.timeline, err,
+                                       sizeof(err))))
+        gcd_log_error("%s", err);
     if (!rc)
         rc = gcd_sessions_start(&d);
     /* Every node must be able to serve before any goes on. */
@@ -178,11 +181,14 @@ int main(int argc, char **argv)
             if (!oks[w] && !rc)
                 rc = GCOMP_PEER_LOST;
     free(oks);
+    /* The timeline's origin: every node leaves that allgather at about the same time. */
+    gcd_timeline_origin(d.timeline, gk_now_s());
     if (!rc && (rc = gcd_live_start(d.ctl, &d.loop, &d.live)))
         gcd_log_error("liveness: %s", gcomp_strerror(rc));
     if (rc) {
         if (d.node == 0)
             fprintf(stderr, "gcompd: start-up failed (see the messages above)\n");
+        gcd_timeline_close(d.timeline);
         if (ops->fini)
             ops->fini(d.data.priv);
         gcd_ctl_fini(d.ctl);
@@ -206,6 +212,7 @@ int main(int argc, char **argv)
     gcd_sessions_wake(&d);
     pthread_join(loop_thread, NULL);
     gcd_stats_close(&d.stats);
+    gcd_timeline_close(d.timeline);
     gcd_buckets_free(&d);
     gcd_live_free(d.live);
     if (rc) {
