@@ -1,11 +1,13 @@
 /* The timeline file (timeline.h): its JSON array framing, escaping, per-node paths, and
    that a file that cannot be opened or written is an error naming it. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -99,18 +101,37 @@ static void test_paths_and_errors(void **st)
     assert_null(t);
     assert_non_null(strstr(err, "timeline file /nonexistent-gcomp/tl-2.json"));
     assert_non_null(strstr(err, "No such file or directory"));
-    /* A write that fails (a full disk): the timeline stops, close reports it. */
+    /* A full disk at start-up: the metadata's flush fails, naming the file. */
     if (access("/dev/full", W_OK) == 0) {
-        int rc = gcd_timeline_open("/dev/full", 0, 1, &t, err, sizeof(err));
-        if (rc == GCOMP_OK) {
-            gcd_timeline_span(t, 0, "sum", 0, 1, "b", 0, NULL);
-            gcd_timeline_flush(t);
-            assert_int_equal(gcd_timeline_close(t), GCOMP_IO);
-        } else {
-            assert_int_equal(rc, GCOMP_IO); /* the metadata's flush failed already */
-            assert_non_null(strstr(err, "timeline file /dev/full: write failed"));
-        }
+        assert_int_equal(gcd_timeline_open("/dev/full", 0, 1, &t, err, sizeof(err)), GCOMP_IO);
+        assert_null(t);
+        assert_non_null(strstr(err, "timeline file /dev/full: write failed"));
     }
+}
+
+/* A write that fails later (the file may not grow): logged, the timeline stops writing,
+   close reports it. */
+static void test_write_failure_stops_it(void **st)
+{
+    (void)st;
+    char path[] = "/tmp/gct-tl-full-XXXXXX", err[512];
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    gcd_timeline *t;
+    assert_int_equal(gcd_timeline_open(path, 0, 1, &t, err, sizeof(err)), GCOMP_OK);
+    struct rlimit old, small = {.rlim_cur = 8192};
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    small.rlim_max = old.rlim_max;
+    signal(SIGXFSZ, SIG_IGN); /* write() then fails with EFBIG */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    for (int i = 0; i < 1000; i++)
+        gcd_timeline_span(t, 0, "sum", 0, 1, "b", i, NULL);
+    gcd_timeline_flush(t); /* logs "timeline file PATH: write failed: File too large" */
+    gcd_timeline_span(t, 0, "sum", 0, 1, "b", 0, NULL); /* stopped: nothing */
+    assert_int_equal(gcd_timeline_close(t), GCOMP_IO);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    unlink(path);
 }
 
 int main(void)
@@ -118,6 +139,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_events_and_framing),
         cmocka_unit_test(test_paths_and_errors),
+        cmocka_unit_test(test_write_failure_stops_it),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
