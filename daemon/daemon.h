@@ -48,6 +48,7 @@ typedef struct gcd_bucket {
                              layout); steps fail until every slot holds it again */
     int lost_status;      /* GCOMP_PEER_LOST or GCOMP_MISMATCH */
     int64_t first_submit_ms; /* when the first slot submitted pending_step */
+    double first_submit_s;   /* the same in gk_now_s seconds (the timeline) */
     int64_t failed_step;  /* a step the job failed before this node's trainers all
                              submitted it: later submits of it fail at once */
     int failed_status;

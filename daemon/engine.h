@@ -54,6 +54,7 @@ typedef struct eng_bucket {
     uint8_t *sum_bad;     /* [nchunks]: a chunk held a non-finite value (its job writes it) */
     size_t nchunks;
     float scale;          /* 1 / trainers of the job */
+    double t_first_submit; /* when the first of them submitted it (the timeline) */
     double t_ready;       /* when the trainers had all submitted this step */
     double t_prev_ready;  /* ... the previous step (0: none) */
     double t_sum_ms;      /* the local sum's time */
@@ -99,6 +100,7 @@ typedef struct eng_obs {
     double *vec;           /* the averaged statistics vector (policy_host.c's layout) */
     gp_hints hints;
     double step_ms, exchange_ms;
+    double t_result;       /* its result region was complete (the timeline) */
     struct eng_obs *next;
 } eng_obs;
 
@@ -237,9 +239,10 @@ bool eng_collects_done(engine *e);
 void eng_stats_fill(engine *e, eng_bucket *eb, gp_instance *p, double *vec, double *max,
                     double exchange_ms);
 /* The exchange of a step's statistics finished (vec summed, max maxed over the nodes):
-   keep its averages until every node has them (Decision.observe_through). */
+   keep its averages until every node has them (Decision.observe_through). t_result:
+   when the step's result region was complete (gk_now_s). */
 int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_instance *p,
-                      const double *vec, const double *max);
+                      const double *vec, const double *max, double t_result);
 /* A bucket step (seq) needs no statistics exchange: it counts as held. */
 void eng_stats_held(engine *e, uint64_t seq);
 /* Observe every held step up to seq, in order (call when collects are done), and hand

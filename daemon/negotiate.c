@@ -215,9 +215,11 @@ int eng_take_events(engine *e)
     while (ev) {
         gcd_event *next = ev->next;
         gcd_bucket *b = NULL;
+        double first_submit = 0;
         if (ev->kind == GCD_EV_READY || ev->kind == GCD_EV_FAIL || ev->kind == GCD_EV_UNREGISTER) {
             pthread_mutex_lock(&d->mu);
             b = gcd_bucket_by_id(d, ev->bucket);
+            first_submit = b ? b->first_submit_s : 0;
             pthread_mutex_unlock(&d->mu);
         }
         bool keep = false;
@@ -241,6 +243,7 @@ int eng_take_events(engine *e)
             if (!rc) {
                 eb->t_prev_ready = eb->t_ready;
                 eb->t_ready = gk_now_s();
+                eb->t_first_submit = first_submit;
                 rc = eng_reduce_start(e, eb, ev->step);
             }
             if (rc)

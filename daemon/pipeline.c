@@ -104,6 +104,7 @@ typedef struct eng_step {
     double maxv[2];
     gcd_ctl_req *sreq[2];
     double t_decided, t_start, t_prep_s, t_col_s, t_stats_issue;
+    double t_result;      /* the result region was complete (the last decode) */
     struct eng_step *next;
 } eng_step;
 
@@ -447,6 +448,59 @@ static int decode_job(void *arg, size_t j, const gk_exec *exec)
     return rc;
 }
 
+/* ---- the timeline (--timeline; timeline.h) ---- */
+
+static const char *const coll_names[] = {
+    [GK_COLL_ALLREDUCE_F32] = "allreduce_f32", [GK_COLL_ALLREDUCE_F16] = "allreduce_f16",
+    [GK_COLL_ALLREDUCE_BF16] = "allreduce_bf16", [GK_COLL_ALLGATHER] = "allgather",
+};
+
+/* An exchange's codec: its layers share one (the dense exchange's is none). */
+static const char *xchg_codec(const eng_xchg *x)
+{
+    return x->kind == X_DENSE ? "none" : x->s->eb->layers[x->idx[0]].spec.codec->name;
+}
+
+/* One stage of exchange i (encode, collective, decode) on its track. */
+static void tl_xchg(eng_step *s, size_t i, const char *name, double t0, double t1,
+                    const char *coll, size_t bytes)
+{
+    gcd_timeline *tl = s->e->d->timeline;
+    const eng_xchg *x = &s->x[i];
+    gcd_timeline_span(tl, gcd_timeline_xchg(tl, s->lane, i), name, t0, t1, s->b->name, s->step,
+                      ",\"codec\":\"%s\",\"phase\":%d,\"layers\":%zu,\"collective\":\"%s\","
+                      "\"bytes\":%zu", xchg_codec(x), x->kind == X_DENSE ? -1 : x->phase, x->n,
+                      coll, bytes);
+}
+
+/* The step starts on its lane: what came before it on this node, on the bucket's
+   track: the trainers' submissions (first to last), the local sum, and the
+   negotiation with the wait for the lane. */
+static void tl_started(eng_step *s)
+{
+    gcd_timeline *tl = s->e->d->timeline;
+    const eng_bucket *eb = s->eb;
+    int tid = gcd_timeline_bucket(tl, s->b->id, s->b->name);
+    size_t bytes = s->b->layout.numel * sizeof(float);
+    gcd_timeline_span(tl, tid, "wait", eb->t_first_submit, eb->t_ready, s->b->name, s->step,
+                      ",\"trainers\":%d", s->b->trainers);
+    gcd_timeline_span(tl, tid, "sum", eb->sum.t_start, eb->sum.t_end, s->b->name, s->step,
+                      ",\"trainers\":%d,\"bytes\":%zu", s->b->trainers, bytes);
+    gcd_timeline_span(tl, tid, "negotiate", eb->sum.t_end, s->t_start, s->b->name, s->step,
+                      ",\"lane\":%d,\"seq\":%llu", s->lane, (unsigned long long)s->seq);
+}
+
+/* The result goes to the trainers now (the loop thread sends it): from the moment the
+   result region was complete, on the bucket's track; the step is over, so flush. */
+static void tl_result(eng_step *s)
+{
+    gcd_timeline *tl = s->e->d->timeline;
+    gcd_timeline_span(tl, gcd_timeline_bucket(tl, s->b->id, s->b->name), "result", s->t_result,
+                      gk_now_s(), s->b->name, s->step, ",\"bytes\":%zu,\"payload_bytes\":%zu",
+                      s->b->layout.numel * sizeof(float), s->payload);
+    gcd_timeline_flush(tl);
+}
+
 /* ---- advancing a step ---- */
 
 static int fail_step(eng_step *s, int rc, const char *what)
@@ -586,6 +640,9 @@ static int xchg_progress(engine *e, eng_step *s, size_t i)
         else
             x->send_len = x->region;
         s->payload += x->send_len;
+        if (e->d->timeline)
+            tl_xchg(s, i, "encode", x->batch.t_start, x->batch.t_end, coll_names[x->coll],
+                    x->send_len);
         x->st = XS_READY;
         return 1;
     case XS_READY:
@@ -600,6 +657,9 @@ static int xchg_progress(engine *e, eng_step *s, size_t i)
         if (!done)
             return overdue(e, x->t_issue) ? stalled(s, "exchange") : 0;
         x->t_coll += gk_now_s() - x->t_issue;
+        if (e->d->timeline)
+            tl_xchg(s, i, "collective", x->t_issue, gk_now_s(), "allgather (sizes)",
+                    sizeof(x->size_out));
         size_t all = 0;
         for (int w = 0; w < W; w++) {
             if (x->sizes[w] > x->region) {
@@ -624,6 +684,9 @@ static int xchg_progress(engine *e, eng_step *s, size_t i)
         if (!done)
             return overdue(e, x->t_issue) ? stalled(s, "exchange") : 0;
         x->t_coll += gk_now_s() - x->t_issue;
+        if (e->d->timeline)
+            tl_xchg(s, i, "collective", x->t_issue, gk_now_s(),
+                    x->gather && !x->fixed ? "allgatherv" : coll_names[x->coll], x->send_len);
         if (x->direct) {
             x->st = XS_DONE;
             return 1;
@@ -650,6 +713,9 @@ static int xchg_progress(engine *e, eng_step *s, size_t i)
         if ((rc = atomic_load(&x->batch.status)))
             return fail_step(s, rc, "decode");
         x->t_dec += x->batch.t_end - x->batch.t_start;
+        if (e->d->timeline)
+            tl_xchg(s, i, "decode", x->batch.t_start, x->batch.t_end, coll_names[x->coll],
+                    x->send_len);
         x->st = XS_DONE;
         return 1;
     case XS_DONE:
@@ -695,8 +761,11 @@ static void record(engine *e, eng_step *s, int status)
    (a step whose policy observes does that when it is observed: policy_host.c). */
 static void finish(engine *e, eng_step *s)
 {
-    if (!s->observing)
+    if (!s->observing) {
+        if (e->d->timeline)
+            tl_result(s);
         gcd_to_loop(e->d, GCD_EV_COMPLETE, s->b->id, s->step, GCOMP_OK, 0, "");
+    }
     s->eb->in_flight = false;
     s->st = S_DONE;
 }
@@ -708,6 +777,8 @@ static int step_progress(engine *e, eng_step *s)
     switch (s->st) {
     case S_QUEUED:
         s->t_start = gk_now_s();
+        if (e->d->timeline)
+            tl_started(s);
         if ((rc = plan(e, s)))
             return fail_step(s, rc, "planning the exchange");
         if ((rc = gcd_pool_run(e->pool, &s->prep, prep_job, s, s->ncomp)))
@@ -719,6 +790,9 @@ static int step_progress(engine *e, eng_step *s)
         if (!gcd_batch_done(&s->prep))
             break;
         s->t_prep_s = s->prep.t_end - s->prep.t_start;
+        if (e->d->timeline && s->ncomp)
+            gcd_timeline_span(e->d->timeline, s->lane, "prepare", s->prep.t_start, s->prep.t_end,
+                              s->b->name, s->step, ",\"layers\":%zu", s->ncomp);
         s->col = (eng_collect){.e = e, .eb = s->eb, .step = s->step, .p = s->p, .vec = s->vec};
         if (s->observing && (rc = eng_collect_run(e, &s->col, &s->colb)))
             return fail_step(s, rc, "collecting statistics");
@@ -731,6 +805,10 @@ static int step_progress(engine *e, eng_step *s)
         if ((rc = atomic_load(&s->colb.status)))
             return fail_step(s, rc, "the policy's collect");
         s->t_col_s = s->colb.t_end - s->colb.t_start;
+        if (e->d->timeline && s->observing && s->p->policy->collect && s->p->policy->nstats > 0)
+            gcd_timeline_span(e->d->timeline, s->lane, "collect", s->colb.t_start,
+                              s->colb.t_end, s->b->name, s->step, ",\"policy\":\"%s\"",
+                              s->p->policy->name);
         s->st = S_XCHG;
         return 1;
     default:
@@ -757,7 +835,8 @@ static int step_progress(engine *e, eng_step *s)
             s->issue_at++;
         if (s->st != S_XCHG || !all)
             return work;
-        double xchg_ms = (gk_now_s() - s->t_start) * 1e3;
+        s->t_result = gk_now_s();
+        double xchg_ms = (s->t_result - s->t_start) * 1e3;
         record(e, s, GCOMP_OK);
         if (!s->observing) {
             finish(e, s); /* its number counted as held when it was decided */
@@ -786,7 +865,12 @@ static int step_progress(engine *e, eng_step *s)
         }
         if (s->sreq[0] || s->sreq[1])
             return overdue(e, s->t_stats_issue) ? stalled(s, "exchange of statistics") : work;
-        if ((rc = eng_stats_arrived(e, s->eb, s->step, s->seq, s->p, s->vec, s->maxv)))
+        if (e->d->timeline)
+            gcd_timeline_span(e->d->timeline, s->lane, "statistics", s->t_stats_issue,
+                              gk_now_s(), s->b->name, s->step, ",\"values\":%zu",
+                              eng_stats_len(s->p, s->b->layout.n));
+        if ((rc = eng_stats_arrived(e, s->eb, s->step, s->seq, s->p, s->vec, s->maxv,
+                                    s->t_result)))
             return fail_step(s, rc, "keeping statistics");
         finish(e, s);
         return 1;

@@ -212,6 +212,15 @@ int eng_policy_switch(engine *e, const char *spec, uint64_t epoch, int64_t from_
         snprintf(text, sizeof(text), "policy '%s' applies from step %lld on all %d nodes", spec,
                  (long long)from_step, d->nodes);
         gcd_log_info("%s", text);
+        if (d->timeline) {
+            char q[2][6 * sizeof(d->policy_spec) + 8];
+            gk_json_str(q[0], sizeof(q[0]), e->pol[e->npol - 2].p->spec);
+            gk_json_str(q[1], sizeof(q[1]), spec);
+            gcd_timeline_instant(d->timeline, GCD_TL_POLICY, "policy switch",
+                                 "\"old\":%s,\"new\":%s,\"from_step\":%lld,\"epoch\":%llu,"
+                                 "\"origin\":%d", q[0], q[1], (long long)from_step,
+                                 (unsigned long long)epoch, origin);
+        }
         pthread_mutex_lock(&d->mu);
         snprintf(d->policy_spec, sizeof(d->policy_spec), "%s", spec);
         d->policy_epoch = epoch;
@@ -248,6 +257,10 @@ void eng_log_decision(engine *e, const gcd_bucket *b, size_t i, int64_t step, co
              "\"why\":%s}", (long long)step, q[0], q[1], oq, q[3], q[2]);
     if (e->declog)
         fprintf(e->declog, "%s\n", line);
+    if (d->timeline)
+        gcd_timeline_instant(d->timeline, GCD_TL_POLICY, "codec switch",
+                             "\"step\":%lld,\"bucket\":%s,\"layer\":%s,\"old\":%s,\"new\":%s,"
+                             "\"why\":%s", (long long)step, q[0], q[1], oq, q[3], q[2]);
     pthread_mutex_lock(&d->mu);
     size_t slot = d->declog_total++ % GCD_DECLOG_LINES;
     free(d->declog[slot]);
@@ -410,7 +423,7 @@ void eng_stats_fill(engine *e, eng_bucket *eb, gp_instance *p, double *vec, doub
 }
 
 int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_instance *p,
-                      const double *vec, const double *max)
+                      const double *vec, const double *max, double t_result)
 {
     gcd_bucket *b = eb->b;
     size_t nl = b->layout.n, ns = (size_t)p->policy->nstats, tail = nl * ns + nl;
@@ -463,6 +476,7 @@ int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_
     o->hints.step = (int64_t)floor(o->vec[tail + TAIL_HINT_STEP]);
     o->step_ms = max[MAX_STEP_MS];
     o->exchange_ms = max[MAX_XCHG_MS];
+    o->t_result = t_result;
     /* Keep the list in seq order. */
     eng_obs **pp = &e->obs;
     while (*pp && (*pp)->seq < seq)
@@ -513,6 +527,8 @@ int eng_observe_through(engine *e, uint64_t seq)
                              .payload = o->vec + nl * ns, .stats = o->vec,
                              .step_ms = o->step_ms, .exchange_ms = o->exchange_ms,
                              .nodes = d->nodes, .hints = &o->hints};
+        gcd_timeline *tl = d->timeline;
+        double t_obs = tl ? gk_now_s() : 0;
         if (pol->observe)
             rc = pol->observe(o->p->state, &info);
         gp_advice adv;
@@ -526,6 +542,16 @@ int eng_observe_through(engine *e, uint64_t seq)
         if (rc)
             gcd_log_error("policy '%s' failed to observe bucket '%s' step %lld: %s", o->p->spec,
                           o->bucket, (long long)o->step, gcomp_strerror(rc));
+        if (tl) {
+            /* On the bucket's track: the policy's observe, inside the result's wait. */
+            int tid = gcd_timeline_bucket(tl, o->bucket_id, o->bucket);
+            if (pol->observe || pol->advice)
+                gcd_timeline_span(tl, tid, "observe", t_obs, gk_now_s(), o->bucket, o->step,
+                                  ",\"policy\":\"%s\"", pol->name);
+            gcd_timeline_span(tl, tid, "result", o->t_result, gk_now_s(), o->bucket, o->step,
+                              ",\"observed\":true");
+            gcd_timeline_flush(tl);
+        }
         gcd_to_loop(d, GCD_EV_COMPLETE, o->bucket_id, o->step, GCOMP_OK, 0, "");
         obs_free(o);
     }

@@ -303,8 +303,10 @@ static void on_submit(gcd_session *s, const Gcomp__Submit *sub)
                  "bucket '%s': local rank %d submitted step %lld while step %lld is pending on node %d",
                  b->name, s->slot, (long long)sub->step, (long long)b->pending_step, d->node);
     } else {
-        if (b->pending_step < 0)
-            b->first_submit_ms = gk_now_ms();
+        if (b->pending_step < 0) {
+            b->first_submit_s = gk_now_s();
+            b->first_submit_ms = (int64_t)(b->first_submit_s * 1e3);
+        }
         b->pending_step = sub->step;
         b->submitted |= bit;
         if (sub->step > d->max_step)
