@@ -100,7 +100,8 @@ DAEMON_FLAGS = (
     ("config", "daemon config file (key = value lines)", True),
     ("transport", "transport between the daemons", False),
     ("threads", "daemon worker threads", False),
-    ("timeline", "daemon timeline file", True),
+    ("timeline", "Chrome trace / Perfetto JSON of every step's phases; {node} = one file "
+                 "per node (else node 0 only)", True),
 )
 # gcompd settings that gcomp-run itself gives: not allowed in --daemon-opt.
 _OWN_KEYS = ("dir", "job-id", "trainers")
