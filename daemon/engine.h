@@ -1,7 +1,8 @@
 /*
  * engine.h: the engine's own types, shared by the files of the engine thread. Calls
  * run one way: loop -> negotiate -> pipeline -> (reduce, policy_host, codecs, data
- * transport); checkpoint and stats are called, never calling back up.
+ * transport); checkpoint, stats and the timeline (timeline.h) are called, never calling
+ * back up.
  *
  *   loop.c         the engine's turn: events from the loop thread, negotiation,
  *                  pipeline, and the wait between turns

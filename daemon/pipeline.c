@@ -496,8 +496,7 @@ static void tl_result(eng_step *s)
 {
     gcd_timeline *tl = s->e->d->timeline;
     gcd_timeline_span(tl, gcd_timeline_bucket(tl, s->b->id, s->b->name), "result", s->t_result,
-                      gk_now_s(), s->b->name, s->step, ",\"bytes\":%zu,\"payload_bytes\":%zu",
-                      s->b->layout.numel * sizeof(float), s->payload);
+                      gk_now_s(), s->b->name, s->step, ",\"observed\":false");
     gcd_timeline_flush(tl);
 }
 
