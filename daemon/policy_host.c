@@ -141,7 +141,7 @@ static void probe_network(engine *e)
     int p = d->nodes;
     if (p < 2)
         return;
-    enum { SMALL_REPS = 20, LARGE_REPS = 6 };
+    enum { SMALL_REPS = 20, LARGE_REPS = 10 };
     size_t n = 4u << 20; /* floats: 16 MiB */
     float one[2] = {0}, *big = calloc(2 * n, sizeof(float));
     if (!big)

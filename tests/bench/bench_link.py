@@ -26,6 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PYTHON = "/usr/bin/python3"
 MB = 102.228128  # ResNet-50's 25,557,032 float32 parameters
+# Unmeasured steps before perfmodel's: its own warm-up (5 dense steps), the codec probe,
+# and the steps its decisions take to apply (the pipeline decides a few steps ahead), so
+# its row is its steady state.
+PERFMODEL_WARMUP = 12
 
 
 def shape(rate):
@@ -60,9 +64,10 @@ def mpi_row(b, env, steps):
     return last_json(out)["mpi_ms"]
 
 
-def gcomp_row(b, env, steps, mode, spec):
+def gcomp_row(b, env, steps, mode, spec, warmup=3):
     out = run([f"{b}/deploy/gcomp-run", "--nodes", "2", "--trainers-per-node", "1", mode, spec,
-               "--", PYTHON, os.path.join(HERE, "link_trainer.py"), "--steps", str(steps)], env)
+               "--", PYTHON, os.path.join(HERE, "link_trainer.py"), "--steps", str(steps),
+               "--warmup", str(warmup)], env)
     return last_json(out)["step_ms"]
 
 
@@ -105,7 +110,7 @@ def main():
             ("gcomp topk:density=0.01", lambda s: gcomp_row(b, env, s, "--codec", "topk:density=0.01")),
             ("gcomp perfmodel", lambda s: gcomp_row(
                 b, env, s, "--policy", "perfmodel:candidate=none,candidate=powersgd:rank=4,"
-                "candidate=topk:density=0.01"))]
+                "candidate=topk:density=0.01", warmup=PERFMODEL_WARMUP))]
     if have_torch:
         rows += [("PyTorch DDP (gloo)", lambda s: ddp_row(env, s, 0)),
                  ("DDP + PowerSGD hook rank 4", lambda s: ddp_row(env, s, 4))]
