@@ -121,6 +121,7 @@ typedef struct gcd {
     int reserve_fd;             /* given up to refuse a connection when out of fds */
     int64_t emfile_logged_ms;
     char sock_path[256], ctl_path[256];
+    struct gcd_http *http;      /* the --metrics-listen endpoint (http.h), or NULL */
 } gcd;
 
 /* Registry (registry.c), under mu. */

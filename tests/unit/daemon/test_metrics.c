@@ -1,7 +1,7 @@
 /* The metrics store and its Prometheus text (metrics.h): the exposition format's
    framing (HELP and TYPE before each family's samples, `name{labels} value` lines),
    label escaping, cumulative histogram buckets, errors by status, the codec gauge
-   following the last step. */
+   following the last step; and --metrics-listen's address syntax (http.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +13,7 @@
 
 #include "codec.h"
 #include "gcomp.h"
+#include "http.h"
 #include "metrics.h"
 
 static char *render(gcd_metrics *m)
@@ -272,11 +273,56 @@ static void test_steps_histograms_escaping(void **st)
     gcd_metrics_destroy(m);
 }
 
+static void test_listen_addresses(void **st)
+{
+    (void)st;
+    struct sockaddr_storage sa;
+    char shown[96], err[512];
+    assert_int_equal(gcd_http_addr("127.0.0.1:9100", 3, &sa, shown, sizeof(shown), err,
+                                   sizeof(err)), GCOMP_OK);
+    assert_string_equal(shown, "127.0.0.1:9100");
+    assert_int_equal(sa.ss_family, AF_INET);
+    assert_int_equal(gcd_http_addr("127.0.0.1:9100+node", 3, &sa, shown, sizeof(shown), err,
+                                   sizeof(err)), GCOMP_OK);
+    assert_string_equal(shown, "127.0.0.1:9103");
+    assert_int_equal(gcd_http_addr("127.0.0.1:0", 5, &sa, shown, sizeof(shown), err,
+                                   sizeof(err)), GCOMP_OK);
+    assert_string_equal(shown, "127.0.0.1:0");
+    assert_int_equal(gcd_http_addr("[::1]:9100+node", 1, &sa, shown, sizeof(shown), err,
+                                   sizeof(err)), GCOMP_OK);
+    assert_string_equal(shown, "[::1]:9101");
+    assert_int_equal(sa.ss_family, AF_INET6);
+
+    const struct { const char *spec; int node; const char *says; } bad[] = {
+        {"9100", 0, "expected HOST:PORT"},
+        {":9100", 0, "no host"},
+        {"localhost:9100", 0, "'localhost' is not a numeric IPv4 address"},
+        {"127.0.0.1:", 0, "the port must be a number in 0..65535"},
+        {"127.0.0.1:65536", 0, "the port must be a number in 0..65535"},
+        {"127.0.0.1:91x", 0, "the port must be a number in 0..65535"},
+        {"127.0.0.1:-1", 0, "the port must be a number in 0..65535"},
+        {"127.0.0.1:0+node", 0, "+node needs a port above 0"},
+        {"127.0.0.1:65535+node", 1, "node 1 would listen on port 65536"},
+        {"::1:9100", 0, "an IPv6 address goes in brackets"},
+        {"[::1]9100", 0, "expected [IPv6]:PORT"},
+        {"[nope]:9100", 0, "'nope' is not a numeric IPv6 address"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        assert_int_equal(gcd_http_addr(bad[i].spec, bad[i].node, &sa, shown, sizeof(shown), err,
+                                       sizeof(err)), GCOMP_INVALID);
+        if (!strstr(err, bad[i].says) || !strstr(err, bad[i].spec))
+            fail_msg("'%s': got '%s', want it to say '%s' and quote the value", bad[i].spec, err,
+                     bad[i].says);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty),
         cmocka_unit_test(test_steps_histograms_escaping),
+        cmocka_unit_test(test_listen_addresses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
