@@ -57,6 +57,11 @@ int gcd_http_addr(const char *spec, int node, struct sockaddr_storage *sa, char 
                      spec);
             return GCOMP_INVALID;
         }
+        if ((size_t)(close - spec - 1) >= sizeof(host)) {
+            snprintf(err, errlen, "--metrics-listen '%s': the host is not a numeric address",
+                     spec);
+            return GCOMP_INVALID;
+        }
         snprintf(host, sizeof(host), "%.*s", (int)(close - spec - 1), spec + 1);
         port = close + 2;
     } else {

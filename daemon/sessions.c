@@ -474,10 +474,12 @@ int gcd_sessions_start(gcd *d)
         return rc;
     if ((rc = listen_on(d->sock_path, &d->listen_fd))) {
         gcd_http_close(d);
+        uv_run(&d->loop, UV_RUN_NOWAIT); /* its close callbacks */
         return rc;
     }
     if ((rc = listen_on(d->ctl_path, &d->ctl_fd))) {
         gcd_http_close(d);
+        uv_run(&d->loop, UV_RUN_NOWAIT);
         close(d->listen_fd);
         unlink(d->sock_path);
         return rc;

@@ -306,6 +306,8 @@ static void test_listen_addresses(void **st)
         {"::1:9100", 0, "an IPv6 address goes in brackets"},
         {"[::1]9100", 0, "expected [IPv6]:PORT"},
         {"[nope]:9100", 0, "'nope' is not a numeric IPv6 address"},
+        {"[0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000]:1", 0,
+         "the host is not a numeric address"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err[0] = '\0';
