@@ -1,6 +1,7 @@
 /*
  * gcompctl: the control socket's command-line client.
- *   gcompctl [--socket PATH] [--json] status | stats | policy get | policy set SPEC | shutdown
+ *   gcompctl [--socket PATH] [--json] status | stats [--prometheus] | policy get |
+ *            policy set SPEC | shutdown
  * PATH defaults to $GCOMP_CTL (set by gcomp-run for every trainer).
  */
 #include <poll.h>
@@ -22,6 +23,9 @@ static void usage(FILE *out)
             "commands:\n"
             "  status            the daemon, its trainers, buckets and policy\n"
             "  stats             bytes and times per bucket\n"
+            "  stats --prometheus\n"
+            "                    this node's metrics in the Prometheus text format (what\n"
+            "                    gcompd --metrics-listen serves at /metrics)\n"
             "  policy get        the policy in force\n"
             "  policy set SPEC   switch every node to SPEC at the same step (e.g. 'none',\n"
             "                    'static:codec=none'); prints the step it applies from\n"
@@ -39,8 +43,8 @@ static void usage(FILE *out)
 
 /* The options are gcompctl's own wherever they stand (gcompctl stats --json), except
    after whatif/query, whose arguments are the policy's; the rest is the command. */
-static int parse_options(int argc, char **argv, const char **path, int *json, int *timeout_ms,
-                         char **rest, int *nrest)
+static int parse_options(int argc, char **argv, const char **path, int *json, int *prometheus,
+                         int *timeout_ms, char **rest, int *nrest)
 {
     *nrest = 0;
     bool query = false;
@@ -49,6 +53,8 @@ static int parse_options(int argc, char **argv, const char **path, int *json, in
         bool ours = !query && strncmp(o, "--", 2) == 0;
         if (ours && strcmp(o, "--json") == 0) {
             *json = 1;
+        } else if (ours && strcmp(o, "--prometheus") == 0) {
+            *prometheus = 1;
         } else if (ours && strcmp(o, "--socket") == 0) {
             if (a + 1 >= argc || !argv[a + 1][0]) {
                 fprintf(stderr, "gcompctl: --socket needs a path\n");
@@ -83,11 +89,11 @@ static int parse_options(int argc, char **argv, const char **path, int *json, in
 int main(int argc, char **argv)
 {
     const char *path = getenv("GCOMP_CTL");
-    int json = 0, timeout_ms = 120000, nrest;
+    int json = 0, prometheus = 0, timeout_ms = 120000, nrest;
     char **rest = calloc((size_t)argc + 1, sizeof(char *));
     if (!rest)
         return 1;
-    int prc = parse_options(argc, argv, &path, &json, &timeout_ms, rest, &nrest);
+    int prc = parse_options(argc, argv, &path, &json, &prometheus, &timeout_ms, rest, &nrest);
     if (prc)
         return prc == 1 ? 0 : prc;
     if (nrest == 0) {
@@ -97,6 +103,15 @@ int main(int argc, char **argv)
     if (!rest[0][0]) {
         fprintf(stderr, "gcompctl: empty command; valid: status, stats, policy, whatif, query, "
                         "checkpoint, shutdown\n");
+        return 2;
+    }
+    if (prometheus && (strcmp(rest[0], "stats") || nrest != 1)) {
+        fprintf(stderr, "gcompctl: --prometheus goes with 'stats' alone (gcompctl stats "
+                        "--prometheus)\n");
+        return 2;
+    }
+    if (prometheus && json) {
+        fprintf(stderr, "gcompctl: --prometheus and --json exclude each other\n");
         return 2;
     }
     argv = rest - 1; /* the command at argv[1], as the code below reads it */
@@ -137,6 +152,12 @@ int main(int argc, char **argv)
         snprintf(cmd, sizeof(cmd), "query");
         args = argv + a;
         nargs = argc - a;
+    } else if (prometheus) {
+        /* The daemon's stats command with one argument: the metrics text. */
+        snprintf(cmd, sizeof(cmd), "stats");
+        static char *promargs[1] = {"prometheus"};
+        args = promargs;
+        nargs = 1;
     } else {
         snprintf(cmd, sizeof(cmd), "%s", argv[a]);
     }

@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "gcomp.h"
+#include "http.h"
 #include "log.h"
 #include "wire.h"
 
@@ -40,6 +41,10 @@ static const struct gcd_key {
     {"timeline", "", "Chrome trace / Perfetto JSON of every bucket step's phases (wait, sum,"
                      " prepare, collect, encode, collective, decode, result) and policy"
                      " switches, written by node 0; {node} as in --stats-file"},
+    {"metrics-listen", "", "serve Prometheus metrics at http://HOST:PORT/metrics from every"
+                           " node: HOST a numeric IPv4 or [IPv6] address, PORT 0 for a free"
+                           " port (logged), PORT+node for node k on PORT+k (several nodes on"
+                           " one host need a port each); off by default"},
     {"restore", "", "start from the checkpoint in this directory (gcompctl checkpoint save"
                     " DIR): error feedback, codec and policy state"},
     {"timeout-ms", "60000", "a node silent this long during negotiation is reported stalled"},
@@ -241,8 +246,16 @@ int gcd_config_load(int argc, char **argv, gcd_config *cfg, char *err, size_t er
         copy_value("timeline", vals[key_index("timeline")], cfg->timeline,
                    sizeof(cfg->timeline), err, errlen) ||
         copy_value("restore", vals[key_index("restore")], cfg->restore, sizeof(cfg->restore),
-                   err, errlen))
+                   err, errlen) ||
+        copy_value("metrics-listen", vals[key_index("metrics-listen")], cfg->metrics_listen,
+                   sizeof(cfg->metrics_listen), err, errlen))
         return GCOMP_INVALID;
+    if (*cfg->metrics_listen) {
+        struct sockaddr_storage sa;
+        char shown[96];
+        if (gcd_http_addr(cfg->metrics_listen, 0, &sa, shown, sizeof(shown), err, errlen))
+            return GCOMP_INVALID;
+    }
     if (!*cfg->job_id) {
         snprintf(err, errlen, "--job-id is required (or GCOMP_JOB_ID)");
         return GCOMP_INVALID;

@@ -23,6 +23,8 @@ typedef struct gcd_config {
     char stats_file[512];
     char decision_log[512];
     char timeline[512];   /* Chrome trace file template ("" = none; timeline.h) */
+    char metrics_listen[128]; /* HOST:PORT[+node] of the /metrics endpoint ("" = none;
+                                 http.h) */
     char restore[512];    /* checkpoint directory to start from ("" = none) */
     int timeout_ms;       /* a node silent this long in a negotiation is reported stalled */
     int cycle_ms;         /* longest wait between negotiation cycles when idle */

@@ -8,6 +8,7 @@
 #include "base/clock.h"
 #include "base/json.h"
 #include "daemon.h"
+#include "http.h"
 #include "log.h"
 #include "policy.h"
 
@@ -29,6 +30,10 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
         n += gk_json_str(out + n, n < len ? len - n : 0, d->policy_spec);
         char lr[32];
         gk_json_num(lr, sizeof(lr), d->hints.lr, 6); /* a NaN hint is null, not "nan" */
+        const char *url = gcd_http_url(d);
+        n += (size_t)snprintf(out + n, n < len ? len - n : 0, ",\"metrics\":");
+        n += url ? gk_json_str(out + n, n < len ? len - n : 0, url)
+                 : (size_t)snprintf(out + n, n < len ? len - n : 0, "null");
         n += (size_t)snprintf(out + n, n < len ? len - n : 0,
                               ",\"policy_epoch\":%llu,\"policy_step\":%lld,\"hints\":{\"count\":%llu,"
                               "\"step\":%lld,\"lr\":%s,\"epochs\":%lld},\"buckets\":[",
@@ -56,11 +61,12 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
             "trainers: %d of %d connected (%d in the job)\n"
             "policy: %s (epoch %llu, from step %lld)\n"
             "highest step submitted: %lld; hints received: %llu\n"
+            "metrics: %s\n"
             "buckets: %u\n",
             d->node, d->nodes, d->cfg.job_id, d->data.ops->name, up, d->connected,
             d->trainers, d->total_trainers, d->policy_spec, (unsigned long long)d->policy_epoch,
             (long long)d->policy_step, (long long)d->max_step, (unsigned long long)d->hints.count,
-            live);
+            gcd_http_url(d) ? gcd_http_url(d) : "off (--metrics-listen)", live);
         for (uint32_t i = 0; i < d->nbuckets && n < len; i++) {
             const gcd_bucket *b = d->buckets[i];
             if (!b || b->dying)
@@ -72,6 +78,29 @@ static int cmd_status(gcd *d, int json, char *out, size_t len)
     }
     pthread_mutex_unlock(&d->mu);
     return GCOMP_OK;
+}
+
+/* The metrics in the Prometheus text format (metrics.h), as the /metrics endpoint
+   serves them. */
+static int cmd_prometheus(gcd *d, char *out, size_t len)
+{
+    char *text;
+    size_t n;
+    if (gcd_metrics_render(d->metrics, &text, &n)) {
+        snprintf(out, len, "out of memory rendering the metrics");
+        return GCOMP_NOMEM;
+    }
+    int rc = GCOMP_OK;
+    if (n < len) {
+        memcpy(out, text, n + 1);
+    } else {
+        snprintf(out, len, "the metrics text is %zu bytes, more than a control reply holds "
+                           "(%zu); scrape them over HTTP instead (gcompd --metrics-listen)",
+                 n, len - 1);
+        rc = GCOMP_LIMIT;
+    }
+    free(text);
+    return rc;
 }
 
 /* Hand a request to the engine thread, which answers through GCD_EV_CTL_REPLY: returns
@@ -90,7 +119,13 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
 {
     if (strcmp(cmd, "status") == 0)
         return cmd_status(d, json, out, len);
+    if (strcmp(cmd, "stats") == 0 && nargs == 1 && strcmp(args[0], "prometheus") == 0)
+        return cmd_prometheus(d, out, len);
     if (strcmp(cmd, "stats") == 0) {
+        if (nargs) {
+            snprintf(out, len, "stats takes no argument, or 'prometheus' (not '%.64s')", args[0]);
+            return GCOMP_INVALID;
+        }
         pthread_mutex_lock(&d->mu);
         gcd_stats_report(&d->stats, json, out, len);
         pthread_mutex_unlock(&d->mu);

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "events.h"
 #include "layout.h"
+#include "metrics.h"
 #include "stats.h"
 #include "timeline.h"
 #include "transports/control.h"
@@ -107,6 +108,7 @@ typedef struct gcd {
     int64_t policy_step;
     gcd_stats stats;
     gcd_timeline *timeline;     /* --timeline, or NULL (engine thread; timeline.h) */
+    gcd_metrics *metrics;       /* Prometheus metrics (any thread, its own lock; metrics.h) */
 
     /* Loop thread only. */
     uv_loop_t loop;
@@ -119,6 +121,7 @@ typedef struct gcd {
     int reserve_fd;             /* given up to refuse a connection when out of fds */
     int64_t emfile_logged_ms;
     char sock_path[256], ctl_path[256];
+    struct gcd_http *http;      /* the --metrics-listen endpoint (http.h), or NULL */
 } gcd;
 
 /* Registry (registry.c), under mu. */

@@ -169,6 +169,8 @@ int main(int argc, char **argv)
         gcd_log_error("%s", err);
         rc = GCOMP_IO;
     }
+    if (!rc && (rc = gcd_metrics_create(d.node, d.trainers, &d.metrics)))
+        gcd_log_error("metrics: %s", gcomp_strerror(rc));
     if (!rc && (rc = gcd_timeline_open(d.cfg.timeline, d.node, d.cfg.lanes, &d.timeline, err,
                                        sizeof(err))))
         gcd_log_error("%s", err);
@@ -189,6 +191,7 @@ int main(int argc, char **argv)
         if (d.node == 0)
             fprintf(stderr, "gcompd: start-up failed (see the messages above)\n");
         gcd_timeline_close(d.timeline);
+        gcd_metrics_destroy(d.metrics);
         if (ops->fini)
             ops->fini(d.data.priv);
         gcd_ctl_fini(d.ctl);
@@ -213,6 +216,7 @@ int main(int argc, char **argv)
     pthread_join(loop_thread, NULL);
     gcd_stats_close(&d.stats);
     gcd_timeline_close(d.timeline);
+    gcd_metrics_destroy(d.metrics);
     gcd_buckets_free(&d);
     gcd_live_free(d.live);
     if (rc) {

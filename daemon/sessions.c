@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "http.h"
 #include "liveness.h"
 #include "log.h"
 #include "sessions.h"
@@ -326,6 +327,7 @@ static void on_tick(uv_timer_t *t)
         }
     }
     gcd_trainer_deadlines(d, now);
+    gcd_http_deadlines(d, now);
 }
 
 /* Deliver the engine's events: completions to trainers, control replies. */
@@ -402,6 +404,7 @@ static void on_wake(uv_async_t *h)
         uv_timer_stop(&d->tick);
         uv_close((uv_handle_t *)&d->tick, NULL);
         gcd_live_close(d->live);
+        gcd_http_close(d);
         uv_poll_stop(&d->listen_poll);
         uv_poll_stop(&d->ctl_poll);
         uv_close((uv_handle_t *)&d->listen_poll, NULL);
@@ -466,9 +469,17 @@ int gcd_sessions_start(gcd *d)
     int rc = uv_loop_init(&d->loop);
     if (rc)
         return GCOMP_IO;
-    if ((rc = listen_on(d->sock_path, &d->listen_fd)))
+    /* First: a bad address or a port in use fails before the sockets appear. */
+    if ((rc = gcd_http_start(d)))
         return rc;
+    if ((rc = listen_on(d->sock_path, &d->listen_fd))) {
+        gcd_http_close(d);
+        uv_run(&d->loop, UV_RUN_NOWAIT); /* its close callbacks */
+        return rc;
+    }
     if ((rc = listen_on(d->ctl_path, &d->ctl_fd))) {
+        gcd_http_close(d);
+        uv_run(&d->loop, UV_RUN_NOWAIT);
         close(d->listen_fd);
         unlink(d->sock_path);
         return rc;

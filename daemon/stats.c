@@ -184,6 +184,7 @@ void gcd_stats_record(struct gcd *d, const gcd_step_record *r, int status)
         d->stats.nonfinite++;
     d->stats.nonfinite_skipped += (uint64_t)r->nonfinite_skipped;
     pthread_mutex_unlock(&d->mu);
+    gcd_metrics_step(d->metrics, r, status);
     free(json);
     free(text);
 }

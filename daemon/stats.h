@@ -59,7 +59,8 @@ typedef struct gcd_step_record {
 
 struct gcd;
 /* Write the step's line (status 0) and add it to the bucket's totals (status != 0:
-   counted as failed, r->bucket and r->step only). Engine thread; takes gcd.mu. */
+   counted as failed, r->bucket and r->step only), and to the metrics (metrics.h).
+   Engine thread; takes gcd.mu. */
 void gcd_stats_record(struct gcd *d, const gcd_step_record *r, int status);
 
 /* The path of node's file from a per-node template (the stats file's, the decision

@@ -66,6 +66,7 @@ void gcd_trainer_lost(gcd_session *s)
     }
     d->slots[s->slot] = NULL;
     d->connected--;
+    gcd_metrics_trainers(d->metrics, d->connected);
     pthread_cond_signal(&d->cv);
     pthread_mutex_unlock(&d->mu);
     if (failed)
@@ -132,6 +133,7 @@ static void on_hello(gcd_session *s, const Gcomp__Hello *h)
         d->slots[s->slot] = s;
         pthread_mutex_lock(&d->mu);
         d->connected++;
+        gcd_metrics_trainers(d->metrics, d->connected);
         pthread_mutex_unlock(&d->mu);
         w.node = d->node;
         w.nodes = d->nodes;

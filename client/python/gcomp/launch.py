@@ -28,11 +28,12 @@ The launcher starts the daemons first and starts no trainer until every node's s
 (a bad spec or flag) end the job with status 2.
 
 Daemon settings: --stats-file, --decision-log, --timeout-ms, --seed, --log-level,
---nonfinite, --config, --transport, --threads, --timeline and any ``--daemon-opt
-KEY=VALUE`` reach gcompd on every host as ``--KEY VALUE`` (the paths of --stats-file,
---decision-log, --config and --timeline made absolute). Every GCOMP_* variable of the
-launcher's environment reaches the daemons and the trainers on every host (``mpirun
--x``, ``srun --export=ALL``), except the per-trainer ones below, which the launcher sets.
+--nonfinite, --config, --transport, --threads, --timeline, --metrics-listen and any
+``--daemon-opt KEY=VALUE`` reach gcompd on every host as ``--KEY VALUE`` (the paths of
+--stats-file, --decision-log, --config and --timeline made absolute). Every GCOMP_*
+variable of the launcher's environment reaches the daemons and the trainers on every
+host (``mpirun -x``, ``srun --export=ALL``), except the per-trainer ones below, which
+the launcher sets.
 
 Every trainer gets GCOMP_SOCKET, GCOMP_CTL, GCOMP_JOB_ID, GCOMP_RANK (global,
 node-major), GCOMP_WORLD_SIZE, GCOMP_LOCAL_RANK, GCOMP_LOCAL_SIZE, GCOMP_NODE and
@@ -102,6 +103,9 @@ DAEMON_FLAGS = (
     ("threads", "daemon worker threads", False),
     ("timeline", "Chrome trace / Perfetto JSON of every step's phases; {node} = one file "
                  "per node (else node 0 only)", True),
+    ("metrics-listen", "serve Prometheus metrics at http://HOST:PORT/metrics from every "
+                       "daemon (HOST numeric; PORT+node: node k on PORT+k, as several nodes "
+                       "on one host need; PORT 0: a free port each, logged)", False),
 )
 # gcompd settings that gcomp-run itself gives: not allowed in --daemon-opt.
 _OWN_KEYS = ("dir", "job-id", "trainers")

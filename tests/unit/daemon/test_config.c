@@ -53,6 +53,15 @@ static void test_errors_name_the_key(void **st)
     assert_int_equal(load(&c, err, 6, "--job-id", "j", "--codec", "none", "--policy", "static"),
                      GCOMP_INVALID);
     assert_non_null(strstr(err, "exclude"));
+    /* --metrics-listen: off by default, checked at load (http.h has the whole syntax). */
+    assert_int_equal(load(&c, err, 2, "--job-id", "j"), GCOMP_OK);
+    assert_string_equal(c.metrics_listen, "");
+    assert_int_equal(load(&c, err, 4, "--job-id", "j", "--metrics-listen", "127.0.0.1:9100+node"),
+                     GCOMP_OK);
+    assert_string_equal(c.metrics_listen, "127.0.0.1:9100+node");
+    assert_int_equal(load(&c, err, 4, "--job-id", "j", "--metrics-listen", "localhost:9100"),
+                     GCOMP_INVALID);
+    assert_non_null(strstr(err, "--metrics-listen 'localhost:9100'"));
 }
 
 static void test_env_and_file_precedence(void **st)
