@@ -100,7 +100,7 @@ typedef struct eng_obs {
     bool *compressed;
     double *vec;           /* the averaged statistics vector (policy_host.c's layout) */
     gp_hints hints;
-    double step_ms, exchange_ms;
+    double step_ms, exchange_ms, ready_ms, gap_ms;
     double t_result;       /* its result region was complete (the timeline) */
     struct eng_obs *next;
 } eng_obs;
@@ -117,6 +117,18 @@ typedef struct eng_collect {
 
 struct eng_step;
 struct eng_negotiation;
+
+/* One training iteration on this node, as its trainers' submissions show it (the
+   policies' time inputs, policy_host.c): when the first of its bucket steps was first
+   submitted and when the last of its results went back. */
+typedef struct eng_iter {
+    int64_t step;         /* -1: free */
+    double first_submit;  /* gk_now_s */
+    double last_result;   /* 0: none yet */
+} eng_iter;
+
+/* Iterations kept, by step modulo this. */
+#define ENG_ITERS 64
 
 typedef struct engine {
     gcd *d;
@@ -146,6 +158,7 @@ typedef struct engine {
     uint64_t epoch;
     gp_env env;
     bool probed;              /* env's transport numbers are measured */
+    eng_iter iters[ENG_ITERS]; /* the latest iterations, by step % ENG_ITERS */
     FILE *declog;             /* the --decision-log file, or NULL */
     pthread_mutex_t collect_mu; /* serialises collect() of policies that are not
                                    collect_concurrent (worker threads) */
@@ -235,15 +248,22 @@ int eng_collect_run(engine *e, eng_collect *c, gcd_batch *b);
 void eng_collect_end(engine *e, const gcd_batch *b);
 /* Whether every collect() batch started has finished (decide/observe wait for it). */
 bool eng_collects_done(engine *e);
+/* Values of a step that are reduced with MAX over the nodes (eng_stats_fill). */
+#define ENG_STATS_MAX 4
 /* Fill the rest of the step's vector before the exchange: the layers' payloads, this
-   node's hints; and max[2] = this node's step and exchange times (reduced with MAX). */
-void eng_stats_fill(engine *e, eng_bucket *eb, gp_instance *p, double *vec, double *max,
-                    double exchange_ms);
+   node's hints; and max[ENG_STATS_MAX] = this node's times (iteration, exchange, the
+   bucket's ready time in the iteration, the gap before the iteration). */
+void eng_stats_fill(engine *e, eng_bucket *eb, int64_t step, gp_instance *p, double *vec,
+                    double *max, double exchange_ms);
 /* The exchange of a step's statistics finished (vec summed, max maxed over the nodes):
    keep its averages until every node has them (Decision.observe_through). t_result:
    when the step's result region was complete (gk_now_s). */
 int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_instance *p,
                       const double *vec, const double *max, double t_result);
+/* The node's iterations (eng_iter): a bucket step of `step` was first submitted at t;
+   a result of `step` went back to the trainers at t. */
+void eng_iter_submitted(engine *e, int64_t step, double t);
+void eng_iter_result(engine *e, int64_t step, double t);
 /* A bucket step (seq) needs no statistics exchange: it counts as held. */
 void eng_stats_held(engine *e, uint64_t seq);
 /* Observe every held step up to seq, in order (call when collects are done), and hand

@@ -116,6 +116,8 @@ int gcd_engine_run(gcd *d)
     char err[1024];
     e.threads = d->cfg.threads > 0 ? d->cfg.threads : default_threads();
     e.env = (gp_env){.nodes = d->nodes, .trainers = d->total_trainers, .seed = d->cfg.seed};
+    for (int i = 0; i < ENG_ITERS; i++)
+        e.iters[i].step = -1;
     int rc = gcd_pool_new(e.threads, wake_engine, d, &e.pool);
     if (!rc)
         rc = eng_pipeline_init(&e);

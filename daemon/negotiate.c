@@ -244,6 +244,7 @@ int eng_take_events(engine *e)
                 eb->t_prev_ready = eb->t_ready;
                 eb->t_ready = gk_now_s();
                 eb->t_first_submit = first_submit;
+                eng_iter_submitted(e, ev->step, first_submit);
                 rc = eng_reduce_start(e, eb, ev->step);
             }
             if (rc)

@@ -101,7 +101,7 @@ typedef struct eng_step {
     size_t nx, issue_at;  /* exchanges; the first not fully started */
     size_t payload;       /* bytes this node sent */
     double *vec;          /* statistics (observing) */
-    double maxv[2];
+    double maxv[ENG_STATS_MAX];
     gcd_ctl_req *sreq[2];
     double t_decided, t_start, t_prep_s, t_col_s, t_stats_issue;
     double t_result;      /* the result region was complete (the last decode) */
@@ -763,6 +763,7 @@ static void finish(engine *e, eng_step *s)
     if (!s->observing) {
         if (e->d->timeline)
             tl_result(s);
+        eng_iter_result(e, s->step, gk_now_s());
         gcd_to_loop(e->d, GCD_EV_COMPLETE, s->b->id, s->step, GCOMP_OK, 0, "");
     }
     s->eb->in_flight = false;
@@ -841,10 +842,11 @@ static int step_progress(engine *e, eng_step *s)
             finish(e, s); /* its number counted as held when it was decided */
             return 1;
         }
-        eng_stats_fill(e, s->eb, s->p, s->vec, s->maxv, xchg_ms);
+        eng_stats_fill(e, s->eb, s->step, s->p, s->vec, s->maxv, xchg_ms);
         size_t len = eng_stats_len(s->p, s->b->layout.n);
         if ((rc = gcd_ctl_iallreduce(e->d->ctl, s->lane, s->vec, len, GCD_CTL_SUM, &s->sreq[0])) ||
-            (rc = gcd_ctl_iallreduce(e->d->ctl, s->lane, s->maxv, 2, GCD_CTL_MAX, &s->sreq[1])))
+            (rc = gcd_ctl_iallreduce(e->d->ctl, s->lane, s->maxv, ENG_STATS_MAX, GCD_CTL_MAX,
+                                        &s->sreq[1])))
             return fail_step(s, rc, "exchange of statistics");
         s->t_stats_issue = gk_now_s();
         s->st = S_STATS;

@@ -33,7 +33,8 @@
 enum {
     TAIL_SAMPLES, TAIL_LR, TAIL_HAS_LR, TAIL_HAS_SAMPLES, TAIL_EPOCHS, TAIL_HINT_STEP, TAIL_N
 };
-enum { MAX_STEP_MS, MAX_XCHG_MS, MAX_N };
+enum { MAX_STEP_MS, MAX_XCHG_MS, MAX_READY_MS, MAX_GAP_MS, MAX_N };
+_Static_assert(MAX_N == ENG_STATS_MAX, "engine.h's ENG_STATS_MAX counts the MAX values");
 
 int eng_policies_init(engine *e, gp_instance *first)
 {
@@ -400,8 +401,15 @@ bool eng_collects_done(engine *e)
 
 /* ---- the statistics exchange ---- */
 
-void eng_stats_fill(engine *e, eng_bucket *eb, gp_instance *p, double *vec, double *max,
-                    double exchange_ms)
+/* The iteration of `step` if it is still in the window. */
+static eng_iter *iter_of(engine *e, int64_t step)
+{
+    eng_iter *it = &e->iters[(uint64_t)step % ENG_ITERS];
+    return step >= 0 && it->step == step ? it : NULL;
+}
+
+void eng_stats_fill(engine *e, eng_bucket *eb, int64_t step, gp_instance *p, double *vec,
+                    double *max, double exchange_ms)
 {
     gcd *d = e->d;
     size_t nl = eb->b->layout.n, ns = (size_t)p->policy->nstats, tail = nl * ns + nl;
@@ -418,8 +426,40 @@ void eng_stats_fill(engine *e, eng_bucket *eb, gp_instance *p, double *vec, doub
     vec[tail + TAIL_EPOCHS] = (double)d->hints.epochs;
     vec[tail + TAIL_HINT_STEP] = (double)d->hints.step;
     pthread_mutex_unlock(&d->mu);
-    max[MAX_STEP_MS] = eb->t_prev_ready > 0 ? (eb->t_ready - eb->t_prev_ready) * 1e3 : 0.0;
+    /* The iteration: from its first submission to the next one's (the training step as
+       the trainers run it), or, when the previous step is not known (steps numbered
+       with gaps), the time between this bucket's two ready steps. */
+    const eng_iter *it = iter_of(e, step), *prev = iter_of(e, step - 1);
+    if (it && prev)
+        max[MAX_STEP_MS] = (it->first_submit - prev->first_submit) * 1e3;
+    else
+        max[MAX_STEP_MS] = eb->t_prev_ready > 0 ? (eb->t_ready - eb->t_prev_ready) * 1e3 : 0.0;
     max[MAX_XCHG_MS] = exchange_ms;
+    /* The backward pass before this bucket was ready (its last trainer submitted it),
+       and the forward pass and optimizer before the iteration (from the previous one's
+       last result to its first submission); -1: not known. */
+    max[MAX_READY_MS] = it ? fmax(0.0, (eb->t_ready - it->first_submit) * 1e3) : -1.0;
+    max[MAX_GAP_MS] = it && prev && prev->last_result > 0
+                          ? fmax(0.0, (it->first_submit - prev->last_result) * 1e3)
+                          : -1.0;
+}
+
+void eng_iter_submitted(engine *e, int64_t step, double t)
+{
+    if (step < 0 || !(t > 0))
+        return;
+    eng_iter *it = &e->iters[(uint64_t)step % ENG_ITERS];
+    if (it->step != step)
+        *it = (eng_iter){.step = step, .first_submit = t};
+    else if (t < it->first_submit)
+        it->first_submit = t;
+}
+
+void eng_iter_result(engine *e, int64_t step, double t)
+{
+    eng_iter *it = iter_of(e, step);
+    if (it && t > it->last_result)
+        it->last_result = t;
 }
 
 int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_instance *p,
@@ -476,6 +516,8 @@ int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_
     o->hints.step = (int64_t)floor(o->vec[tail + TAIL_HINT_STEP]);
     o->step_ms = max[MAX_STEP_MS];
     o->exchange_ms = max[MAX_XCHG_MS];
+    o->ready_ms = max[MAX_READY_MS];
+    o->gap_ms = max[MAX_GAP_MS];
     o->t_result = t_result;
     /* Keep the list in seq order. */
     eng_obs **pp = &e->obs;
@@ -526,6 +568,7 @@ int eng_observe_through(engine *e, uint64_t seq)
                              .layers = o->layers, .specs = o->specs, .compressed = o->compressed,
                              .payload = o->vec + nl * ns, .stats = o->vec,
                              .step_ms = o->step_ms, .exchange_ms = o->exchange_ms,
+                             .ready_ms = o->ready_ms, .gap_ms = o->gap_ms,
                              .nodes = d->nodes, .hints = &o->hints};
         gcd_timeline *tl = d->timeline;
         double t_obs = tl ? gk_now_s() : 0;
@@ -552,6 +595,7 @@ int eng_observe_through(engine *e, uint64_t seq)
                               ",\"observed\":true");
             gcd_timeline_flush(tl);
         }
+        eng_iter_result(e, o->step, gk_now_s());
         gcd_to_loop(d, GCD_EV_COMPLETE, o->bucket_id, o->step, GCOMP_OK, 0, "");
         obs_free(o);
     }

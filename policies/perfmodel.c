@@ -6,8 +6,8 @@
  *
  * candidate is repeatable and spec-valued ("perfmodel:candidate=powersgd:rank=4,
  * candidate=topk:density=0.01"); without any, powersgd:rank=4 and topk:density=0.01.
- * none is always a candidate. gamma is the slowdown of the backward pass while dense
- * communication overlaps it; probe the steps between codec timings; warmup the steps
+ * none is always a candidate. gamma is the slowdown of the backward pass while
+ * communication runs beside it; probe the steps between codec timings; warmup the steps
  * every bucket runs dense before its first decision.
  *
  * The constants of the model:
@@ -22,47 +22,51 @@
  *    for a core that another worker holds, as the engine's own encodes do;
  *  - allreduce sizes: gk_payload_bytes (exact for allreduce phases), per step on
  *    average (gp_payload_mean: powersgd_unbiased sends P and Q in turn);
- *  - T_comp, the compute time of an iteration: the model inverted on each measured round
- *    of buckets. With one bucket it is step_ms - exchange_ms, the training iteration
- *    minus the exchange. This is an approximation: step_ms is the time between two
- *    ready steps of the bucket, so it also holds the negotiation's wait and the trainers'
- *    time to read the result, which count as compute. step_ms and exchange_ms are each
- *    the slowest node's (possibly two different nodes), so T_comp is the slowest node's
- *    iteration minus the slowest exchange: the compute of the node that paces the job
- *    when one node is slow throughout, an underestimate when the slowest iteration and
- *    the slowest exchange belong to different nodes. Rounds in which a bucket probed the
- *    codecs, and the round after (whose step_ms holds the probe), are left out; T_comp is
- *    the median of the last GP_PERF_WINDOW rounds. With several buckets the inversion
- *    assumes the dense exchanges but the last one's overlap the backward pass; where the
- *    trainers submit every bucket at the end instead, those exchanges count as compute,
- *    which makes compression look worse than it is (the safe side).
+ *  - the trainers' timeline (the engine's, gp_step_info, the slowest node's): per
+ *    bucket step ready_ms, when the bucket was ready (its last trainer submitted it)
+ *    after the iteration's first submission of any bucket: the backward pass before
+ *    it; and gap_ms, from the previous iteration's last result to this one's first
+ *    submission: the forward pass and optimizer. Each the median of its last
+ *    GP_PERF_WINDOW samples (ready per bucket, the gap once per iteration). Waiting for
+ *    results is neither: it is what the model predicts.
  *
- * The model, with the buckets in the order the engine first ran them (the last one's
- * exchange cannot overlap the backward pass):
- *   step = max(g T_comp, sum of the dense buckets' exchanges but the last's)
- *          + the last bucket's exchange if dense
- *          + sum over compressed buckets of (encode + decode + their collectives)
- * with g = gamma when some dense exchange overlaps, else 1. A dense exchange is one
- * ring allreduce, 2 alpha (p-1) + 2 b (p-1) / (p BW); a compressed bucket pays its
- * still-dense layers' allreduce and one collective per phase, allreduce or allgather
- * (alpha (p-1) + b (p-1) / BW), and allgather decodes take p times their one-node time.
- * An allgather phase whose payloads vary in size (gk_payload_fixed() false) is preceded
- * by the exchange of the sizes, an allgather of 8 bytes per node; fixed-size ones skip it,
- * as the engine does.
- * With one bucket that is the paper's syncSGD max(gamma T_comp, 0) + T_comm(b) with gamma
- * 1 (nothing overlaps) and its compressed T_comp + T_encode_decode + T_comm(b').
+ * The model (gp_perf_timeline_ms), an iteration as the engine runs it: the buckets in
+ * the order they become ready; each one encodes on the daemon's workers from its ready
+ * time, runs its collectives on the network, and decodes on the workers; the workers
+ * and the network each do one thing at a time, first come first served, so one bucket's
+ * encode overlaps another's collective and a dense exchange overlaps the backward pass
+ * that follows its bucket. The iteration ends when the last result is complete (not
+ * before the last bucket is ready), plus the gap:
+ *   step = max(last ready, end of every bucket's exchange) + gap
+ * The backward pass runs up to gamma times slower beside communication (the paper's
+ * gamma): with the network busy for a fraction phi of it, (1 + (gamma - 1) phi) times;
+ * the measured ready times are rescaled from the measured configuration's phi to the
+ * predicted one's. A dense exchange is one ring allreduce, 2 alpha (p-1) + 2 b (p-1) /
+ * (p BW); a compressed bucket pays its still-dense layers' allreduce and one collective
+ * per phase, allreduce or allgather (alpha (p-1) + b (p-1) / BW), and allgather decodes
+ * take p times their one-node time. An allgather phase whose payloads vary in size
+ * (gk_payload_fixed() false) is preceded by the exchange of the sizes, an allgather of 8
+ * bytes per node; fixed-size ones skip it, as the engine does. With one bucket ready at
+ * the end of the backward pass this is the paper's syncSGD T_comp + T_comm(b) and its
+ * compressed T_comp + T_encode_decode + T_comm(b'); with several, a dense bucket whose
+ * exchange the rest of the backward pass hides costs nothing, as in the paper's
+ * max(gamma T_comp, (k - 1) T_comm) + T_comm(last). The workers are modelled as one:
+ * the codec timings are one worker's, and the node's cores are shared with its
+ * trainers (the safe side where more cores are free).
  *
- * Decisions: when a bucket is observed (after warmup, with timings and T_comp), every
- * option for it is predicted with the other buckets as they are, and the fastest taken
- * (none on ties) if it beats the current one by more than GP_PERF_HYSTERESIS; it applies
- * from the next decide(). The reason logged reads "predicted 12.3 ms (none 20.1 ms),
- * measured last step 13.0 ms". Everything decided comes from the averaged statistics and
- * env, identical on every node. Query: "whatif --nodes P --bandwidth B [--latency-us L]",
- * B with a unit (10gbit, 25gbps, 1.25GB/s...).
+ * Decisions: when a bucket is observed (after warmup, with timings and a timeline),
+ * every option for it is predicted with the other buckets as they are, and the fastest
+ * taken (none on ties) if it beats the current one by more than GP_PERF_HYSTERESIS; it
+ * applies from the next decide(). The reason logged reads "predicted 12.3 ms (none 20.1
+ * ms), measured last step 13.0 ms" (step: the training iteration). Everything decided
+ * comes from the averaged statistics and env, identical on every node. Query: "whatif
+ * --nodes P --bandwidth B [--latency-us L]", B with a unit (10gbit, 25gbps,
+ * 1.25GB/s...), answered by the same model.
  *
- * Checkpoint: record "PERF" version 1: the arguments (the candidates' canonical texts,
- * gamma), the rounds and T_comp samples, then per bucket in first-seen order its name,
- * choice and reason, measurements, layers (id and shape) and probe statistics.
+ * Checkpoint: record "PERF" version 2: the arguments (the candidates' canonical texts,
+ * gamma), the gap samples, then per bucket in first-seen order its name, choice and
+ * reason, measurements and ready-time samples, layers (id and shape) and probe
+ * statistics. (Version 1 held compute-time samples of the earlier model: refused.)
  */
 #include <ctype.h>
 #include <errno.h>
@@ -81,7 +85,7 @@
 #include "perfmodel.h"
 #include "policy.h"
 
-/* Rounds whose T_comp the median is taken over. */
+/* Samples of the trainers' timeline the medians are taken over. */
 #define GP_PERF_WINDOW 16
 /* A switch must predict a step this much shorter than the current choice's: more than
    the model's median error (1.8% in the paper), so that noise does not flip a bucket
@@ -93,7 +97,7 @@
    allgather. */
 #define GP_PERF_SIZE_BYTES 8.0
 #define GP_PERF_TAG "PERF"
-#define GP_PERF_VERSION 1
+#define GP_PERF_VERSION 2
 
 /* ---- the model ---- */
 
@@ -117,18 +121,35 @@ double gp_perf_predict_allgather_ms(double bytes_per_node, int nodes, double alp
     return alpha_ms * (p - 1) + wire;
 }
 
-double gp_perf_predict_step_ms(double t_comp_ms, double gamma, double overlapped_ms,
-                               double serial_ms)
+double gp_perf_timeline_ms(const gp_perf_stage *st, int n, double gap_ms, double *busy_ms)
 {
-    double g = overlapped_ms > 0 ? gamma : 1.0;
-    return fmax(g * t_comp_ms, overlapped_ms) + serial_ms;
-}
-
-double gp_perf_compute_ms(double step_ms, double gamma, double overlapped_ms,
-                          double serial_ms)
-{
-    double g = overlapped_ms > 0 ? gamma : 1.0;
-    return fmax(0.0, (step_ms - serial_ms) / g);
+    double last_ready = n > 0 ? st[n - 1].ready_ms : 0, busy = 0;
+    double *comm_end = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    if (!comm_end)
+        return INFINITY;
+    double cpu = 0, net = 0, end = 0;
+    int enc = 0, dec = 0; /* the next bucket to encode, the next to decode */
+    while (dec < n) {
+        if (enc < n && (dec == enc || st[enc].ready_ms <= comm_end[dec])) {
+            double done = st[enc].ready_ms;
+            if (st[enc].encode_ms > 0)
+                done = cpu = fmax(cpu, done) + st[enc].encode_ms;
+            double start = fmax(net, done);
+            net = start + st[enc].comm_ms;
+            busy += fmax(0.0, fmin(net, last_ready) - start);
+            comm_end[enc++] = net;
+        } else {
+            double done = comm_end[dec];
+            if (st[dec].decode_ms > 0)
+                done = cpu = fmax(cpu, done) + st[dec].decode_ms;
+            end = fmax(end, done);
+            dec++;
+        }
+    }
+    free(comm_end);
+    if (busy_ms)
+        *busy_ms = busy;
+    return fmax(end, last_ready) + gap_ms;
 }
 
 static double align8(double bytes)
@@ -165,10 +186,12 @@ void gp_perf_bucket_cost(const gk_layer *layers, int nlayers, const gk_spec *spe
         }
         if (st) {
             ag_bytes += st[GP_PERF_AG_BYTES];
-            out->encode_decode_ms += st[GP_PERF_ENCODE_MS] + st[GP_PERF_DECODE_AR_MS] +
-                                     st[GP_PERF_DECODE_AG_MS] * (nodes > 1 ? nodes : 1);
+            out->encode_ms += st[GP_PERF_ENCODE_MS];
+            out->decode_ms += st[GP_PERF_DECODE_AR_MS] +
+                              st[GP_PERF_DECODE_AG_MS] * (nodes > 1 ? nodes : 1);
         }
     }
+    out->encode_decode_ms = out->encode_ms + out->decode_ms;
     out->comm_ms = gp_perf_predict_allreduce_ms(dense, nodes, alpha_ms, bw_bytes_ms);
     out->sent_bytes = dense + ag_bytes;
     if (out->ncompressed > 0) {
@@ -262,6 +285,9 @@ typedef struct perf_bucket {
     double step_ms;    /* the last observed step's (the slowest node's) */
     double exchange_ms; /* the last observed step's exchange (the slowest node's) */
     double predicted;  /* the model's step time for the current choice (0: none yet) */
+    int64_t nready;    /* ready-time samples taken (ms after the iteration's first
+                          submission); the last GP_PERF_WINDOW kept */
+    double ready[GP_PERF_WINDOW];
     int nlayers;       /* layers of geom */
     gk_layer *geom;    /* [nlayers]: the layers as the last observed step had them */
     double *stats;     /* [nlayers][ncand][GP_PERF_NSTAT], averaged over the nodes */
@@ -279,10 +305,9 @@ typedef struct perf_state {
     int nbuckets;         /* buckets in use */
     size_t capbuckets;    /* buckets allocated */
     perf_bucket *buckets; /* in the order first seen, identical on every node */
-    int64_t rounds;       /* observations of the last bucket */
-    int64_t probe_round;  /* the round of the latest probe */
-    int64_t ntcomp;       /* T_comp samples taken; the last GP_PERF_WINDOW kept */
-    double tcomp[GP_PERF_WINDOW];
+    int64_t ngap;         /* gap samples taken (forward pass and optimizer, ms; once
+                             per iteration); the last GP_PERF_WINDOW kept */
+    double gap[GP_PERF_WINDOW];
 } perf_state;
 
 static const char *const perf_keys[] = {"candidate", "gamma", "probe", "warmup", NULL};
@@ -330,7 +355,6 @@ static int perf_create(const gp_args *a, const gp_env *env, void **state, char *
     s->probe = 50;
     s->warmup = 5;
     s->env = *env;
-    s->probe_round = -2;
     int rc = gk_spec_parse("none", &s->none, err, errlen);
     bool given = false;
     for (int i = 0; i < a->n && !rc; i++) {
@@ -474,7 +498,8 @@ static double exchange_ms(const perf_state *s, const perf_bucket *b, int o, int 
     gp_perf_cost tmp;
     cost = cost ? cost : &tmp;
     if (o > 0 && !b->has_probe) {
-        *cost = (gp_perf_cost){.encode_decode_ms = INFINITY, .comm_ms = INFINITY};
+        *cost = (gp_perf_cost){.encode_ms = INFINITY, .decode_ms = INFINITY,
+                               .encode_decode_ms = INFINITY, .comm_ms = INFINITY};
         return INFINITY;
     }
     const gk_spec *spec = o > 0 ? &s->cand[o - 1] : NULL;
@@ -484,48 +509,111 @@ static double exchange_ms(const perf_state *s, const perf_bucket *b, int o, int 
     return cost->encode_decode_ms + cost->comm_ms;
 }
 
-/* The job's step time with bucket i under choice[i] (the last bucket in first-seen
-   order cannot overlap; compressed buckets never do). */
-static double job_step_ms(const perf_state *s, const int *choice, int nodes, double alpha_ms,
-                          double bw_bytes_ms, double t_comp)
-{
-    double overlapped = 0, serial = 0;
-    for (int i = 0; i < s->nbuckets; i++) {
-        double e = exchange_ms(s, &s->buckets[i], choice[i], nodes, alpha_ms, bw_bytes_ms, NULL);
-        if (choice[i] == 0 && i < s->nbuckets - 1)
-            overlapped += e;
-        else
-            serial += e;
-    }
-    return gp_perf_predict_step_ms(t_comp, s->gamma, overlapped, serial);
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
 
-/* The median of the kept T_comp samples; -1 when there are none. */
-static double t_comp_ms(const perf_state *s)
+/* The median of a window of samples (count taken so far, the last GP_PERF_WINDOW
+   kept); -1 when there are none. */
+static double median(const double *w, int64_t count)
 {
-    int n = s->ntcomp < GP_PERF_WINDOW ? (int)s->ntcomp : GP_PERF_WINDOW;
+    int n = count < GP_PERF_WINDOW ? (int)count : GP_PERF_WINDOW;
     if (n == 0)
         return -1.0;
     double v[GP_PERF_WINDOW];
-    memcpy(v, s->tcomp, (size_t)n * sizeof(double));
+    memcpy(v, w, (size_t)n * sizeof(double));
     qsort(v, (size_t)n, sizeof(double), cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+static void sample(double *w, int64_t *count, double v)
+{
+    w[*count % GP_PERF_WINDOW] = v;
+    (*count)++;
+}
+
+typedef struct ready_at {
+    double ms;
+    int bucket;
+} ready_at;
+
+static int cmp_ready(const void *a, const void *b)
+{
+    const ready_at *x = a, *y = b;
+    return x->ms != y->ms ? (x->ms > y->ms) - (x->ms < y->ms) : x->bucket - y->bucket;
+}
+
+/* The buckets as the model sees an iteration: each one's median ready time (0 before
+   it has one), in ready order. NULL when out of memory; the caller frees it. */
+static ready_at *ready_order(const perf_state *s)
+{
+    ready_at *r = malloc((size_t)(s->nbuckets > 0 ? s->nbuckets : 1) * sizeof(*r));
+    if (!r)
+        return NULL;
+    for (int i = 0; i < s->nbuckets; i++)
+        r[i] = (ready_at){.ms = fmax(0.0, median(s->buckets[i].ready, s->buckets[i].nready)),
+                          .bucket = i};
+    qsort(r, (size_t)s->nbuckets, sizeof(*r), cmp_ready);
+    return r;
+}
+
+/* The model's stages with every bucket i under choice[i] (the configuration the
+   buckets last ran: choice NULL), the ready times scaled by f; INFINITY costs for a
+   codec not timed yet. */
+static void stages(const perf_state *s, const ready_at *order, const int *choice, int nodes,
+                   double alpha_ms, double bw_bytes_ms, double f, gp_perf_stage *st)
+{
+    for (int k = 0; k < s->nbuckets; k++) {
+        int i = order[k].bucket;
+        const perf_bucket *b = &s->buckets[i];
+        int o = choice ? choice[i] : b->meas_dense ? 0 : b->choice;
+        gp_perf_cost c;
+        exchange_ms(s, b, o, nodes, alpha_ms, bw_bytes_ms, &c);
+        st[k] = (gp_perf_stage){.ready_ms = order[k].ms * f, .encode_ms = c.encode_ms,
+                                .comm_ms = c.comm_ms, .decode_ms = c.decode_ms};
+    }
+}
+
+/*
+ * The iteration time with every bucket i under choice[i]: the timeline model
+ * (gp_perf_timeline_ms) on the measured ready times and gap. The backward pass runs up
+ * to gamma times slower beside communication (the paper's gamma): the ready times were
+ * measured with the network busy for a fraction phi_m of the backward pass (the
+ * configuration the buckets last ran, on the measured network), so under choice[], busy
+ * for phi, they scale by (1 + (gamma - 1) phi) / (1 + (gamma - 1) phi_m). INFINITY for a
+ * codec not timed yet, or when out of memory.
+ */
+static double job_step_ms(const perf_state *s, const ready_at *order, const int *choice,
+                          int nodes, double alpha_ms, double bw_bytes_ms)
+{
+    int n = s->nbuckets;
+    gp_perf_stage *st = malloc((size_t)(n > 0 ? n : 1) * sizeof(*st));
+    if (!st)
+        return INFINITY;
+    double gap = fmax(0.0, median(s->gap, s->ngap)), back = n > 0 ? order[n - 1].ms : 0;
+    double busy_m = 0, busy = 0, f = 1.0;
+    stages(s, order, NULL, s->env.nodes, s->env.alpha_ms, s->env.bw_bytes_ms, 1.0, st);
+    gp_perf_timeline_ms(st, n, gap, &busy_m);
+    stages(s, order, choice, nodes, alpha_ms, bw_bytes_ms, 1.0, st);
+    gp_perf_timeline_ms(st, n, gap, &busy);
+    if (back > 0)
+        f = (1.0 + (s->gamma - 1.0) * busy / back) / (1.0 + (s->gamma - 1.0) * busy_m / back);
+    stages(s, order, choice, nodes, alpha_ms, bw_bytes_ms, f, st);
+    double t = gp_perf_timeline_ms(st, n, gap, NULL);
+    free(st);
+    return t;
+}
+
 /* Every option of bucket bi with the others under choice[]: t[0..ncand]. */
-static void predict_options(const perf_state *s, int *choice, int bi, int nodes,
-                            double alpha_ms, double bw_bytes_ms, double t_comp, double *t)
+static void predict_options(const perf_state *s, const ready_at *order, int *choice, int bi,
+                            int nodes, double alpha_ms, double bw_bytes_ms, double *t)
 {
     int keep = choice[bi];
     for (int o = 0; o <= s->ncand; o++) {
         choice[bi] = o;
-        t[o] = job_step_ms(s, choice, nodes, alpha_ms, bw_bytes_ms, t_comp);
+        t[o] = job_step_ms(s, order, choice, nodes, alpha_ms, bw_bytes_ms);
     }
     choice[bi] = keep;
 }
@@ -616,33 +704,10 @@ static int sync_layers(perf_state *s, perf_bucket *b, const gp_step_info *info)
     return GCOMP_OK;
 }
 
-/* A T_comp sample from the round that ends with the last bucket: the model inverted on
-   the measured exchange times, when every bucket has a step and none probed. */
-static void sample_compute(perf_state *s)
-{
-    if (s->rounds - s->probe_round < 2)
-        return;
-    double overlapped = 0, serial = 0;
-    for (int i = 0; i < s->nbuckets; i++) {
-        const perf_bucket *b = &s->buckets[i];
-        if (!(b->step_ms > 0))
-            return;
-        if (b->meas_dense && i < s->nbuckets - 1)
-            overlapped += b->exchange_ms;
-        else
-            serial += b->exchange_ms;
-    }
-    double t = gp_perf_compute_ms(s->buckets[s->nbuckets - 1].step_ms, s->gamma, overlapped,
-                                  serial);
-    s->tcomp[s->ntcomp % GP_PERF_WINDOW] = t;
-    s->ntcomp++;
-}
-
 /* Predict every option of bucket bi and switch to the fastest if it pays. */
 static int decide_bucket(perf_state *s, int bi)
 {
     perf_bucket *b = &s->buckets[bi];
-    double tc = t_comp_ms(s);
     if (b->count < s->warmup) {
         snprintf(b->why, sizeof(b->why), "dense during warmup (%ld steps)", s->warmup);
         return GCOMP_OK;
@@ -652,16 +717,21 @@ static int decide_bucket(perf_state *s, int bi)
         snprintf(b->why, sizeof(b->why), "one node: nothing is exchanged, compression never pays");
         return GCOMP_OK;
     }
-    if (!b->has_probe || tc < 0)
-        return GCOMP_OK;
+    if (!b->has_probe || b->nready == 0 || s->ngap == 0)
+        return GCOMP_OK; /* not timed, or the trainers' timeline not known yet */
     int *choice = calloc((size_t)s->nbuckets, sizeof(int));
-    if (!choice)
+    ready_at *order = ready_order(s);
+    if (!choice || !order) {
+        free(choice);
+        free(order);
         return GCOMP_NOMEM;
+    }
     for (int i = 0; i < s->nbuckets; i++)
         choice[i] = s->buckets[i].choice;
     double t[GP_PERF_MAX_CANDIDATES + 1];
-    predict_options(s, choice, bi, s->env.nodes, s->env.alpha_ms, s->env.bw_bytes_ms, tc, t);
+    predict_options(s, order, choice, bi, s->env.nodes, s->env.alpha_ms, s->env.bw_bytes_ms, t);
     free(choice);
+    free(order);
     int best = argmin(t, s->ncand + 1);
     if (best != b->choice && t[best] < t[b->choice] * (1.0 - GP_PERF_HYSTERESIS)) {
         if (best > 0) {
@@ -696,7 +766,6 @@ static int perf_observe(void *state, const gp_step_info *info)
                    info->stats + (size_t)l * GP_PERF_NSTATS,
                    (size_t)s->ncand * GP_PERF_NSTAT * sizeof(double));
         b->has_probe = true;
-        s->probe_round = s->rounds;
     }
     b->step_ms = info->step_ms;
     b->exchange_ms = info->exchange_ms;
@@ -704,10 +773,10 @@ static int perf_observe(void *state, const gp_step_info *info)
     for (int l = 0; l < info->nlayers; l++)
         if (info->compressed && info->compressed[l])
             b->meas_dense = false;
-    if (bi == s->nbuckets - 1) {
-        sample_compute(s);
-        s->rounds++;
-    }
+    if (info->ready_ms >= 0)
+        sample(b->ready, &b->nready, info->ready_ms);
+    if (info->gap_ms >= 0 && bi == s->nbuckets - 1) /* once per iteration */
+        sample(s->gap, &s->ngap, info->gap_ms);
     b->count++;
     return decide_bucket(s, bi);
 }
@@ -722,11 +791,9 @@ static int perf_save(void *state, gk_writer *w)
     for (int c = 0; c < s->ncand; c++)
         gk_put_str(w, s->cand_text[c]);
     gk_put(w, s->gamma);
-    gk_put(w, s->rounds);
-    gk_put(w, s->probe_round);
-    gk_put(w, s->ntcomp);
+    gk_put(w, s->ngap);
     for (int k = 0; k < GP_PERF_WINDOW; k++)
-        gk_put(w, s->tcomp[k]);
+        gk_put(w, s->gap[k]);
     gk_put(w, (uint64_t)s->nbuckets);
     for (int i = 0; i < s->nbuckets; i++) {
         const perf_bucket *b = &s->buckets[i];
@@ -739,6 +806,9 @@ static int perf_save(void *state, gk_writer *w)
         gk_put(w, b->step_ms);
         gk_put(w, b->exchange_ms);
         gk_put(w, b->predicted);
+        gk_put(w, b->nready);
+        for (int k = 0; k < GP_PERF_WINDOW; k++)
+            gk_put(w, b->ready[k]);
         gk_put(w, (uint32_t)b->nlayers);
         for (int l = 0; l < b->nlayers; l++) {
             const gk_layer *g = &b->geom[l];
@@ -785,8 +855,16 @@ static bool load_bucket(const perf_state *s, gk_reader *r, perf_bucket *b)
     if (!(gk_get_str(r, name, sizeof(name)) && gk_get_str(r, b->why, sizeof(b->why)) &&
           gk_get(r, &b->count) && gk_get(r, &choice) && gk_get(r, &has_probe) &&
           gk_get(r, &meas_dense) && gk_get(r, &b->step_ms) && gk_get(r, &b->exchange_ms) &&
-          gk_get(r, &b->predicted) && gk_get(r, &nl)))
+          gk_get(r, &b->predicted) && gk_get(r, &b->nready)))
         return false;
+    for (int k = 0; k < GP_PERF_WINDOW; k++)
+        if (!gk_get(r, &b->ready[k]))
+            return false;
+    if (!gk_get(r, &nl))
+        return false;
+    if (b->nready < 0)
+        return gk_reader_fail(r, "perfmodel checkpoint: bucket '%s' with %lld ready-time samples",
+                              name, (long long)b->nready);
     if (b->count < 0 || choice > (uint32_t)s->ncand || nl > GCOMP_MAX_LAYERS)
         return gk_reader_fail(r, "perfmodel checkpoint: bucket '%s' with %lld steps, choice %u "
                               "of %d candidates, %u layers (at most %d)", name,
@@ -813,19 +891,18 @@ static bool load_bucket(const perf_state *s, gk_reader *r, perf_bucket *b)
 static int perf_load(void *state, gk_reader *r)
 {
     perf_state *s = state;
-    int64_t rounds, probe_round, ntcomp;
-    double tcomp[GP_PERF_WINDOW];
+    int64_t ngap;
+    double gap[GP_PERF_WINDOW];
     uint64_t nb = 0;
     bool ok = gk_get_tag(r, GP_PERF_TAG, GP_PERF_VERSION, NULL) &&
               gp_ckpt_arg_i64(r, "perfmodel", "candidates", s->ncand);
     for (int c = 0; c < s->ncand && ok; c++)
         ok = gp_ckpt_arg_str(r, "perfmodel", "candidate", s->cand_text[c]);
-    ok = ok && gp_ckpt_arg_f64(r, "perfmodel", "gamma", s->gamma) && gk_get(r, &rounds) &&
-         gk_get(r, &probe_round) && gk_get(r, &ntcomp);
+    ok = ok && gp_ckpt_arg_f64(r, "perfmodel", "gamma", s->gamma) && gk_get(r, &ngap);
     for (int k = 0; k < GP_PERF_WINDOW && ok; k++)
-        ok = gk_get(r, &tcomp[k]);
-    if (ok && ntcomp < 0)
-        ok = gk_reader_fail(r, "perfmodel checkpoint: %lld compute samples", (long long)ntcomp);
+        ok = gk_get(r, &gap[k]);
+    if (ok && ngap < 0)
+        ok = gk_reader_fail(r, "perfmodel checkpoint: %lld gap samples", (long long)ngap);
     ok = ok && gp_ckpt_count(r, "buckets", INT32_MAX / 2, &nb);
     /* The buckets are read one by one, so a count larger than the data fails as
        truncated before it is allocated. */
@@ -858,10 +935,8 @@ static int perf_load(void *state, gk_reader *r)
     s->buckets = bs;
     s->nbuckets = got;
     s->capbuckets = cap;
-    s->rounds = rounds;
-    s->probe_round = probe_round;
-    s->ntcomp = ntcomp;
-    memcpy(s->tcomp, tcomp, sizeof(tcomp));
+    s->ngap = ngap;
+    memcpy(s->gap, gap, sizeof(gap));
     return GCOMP_OK;
 }
 
@@ -977,26 +1052,28 @@ static int perf_query(void *state, int argc, const char *const *argv, int json, 
     int rc = whatif_args(argc, argv, &nodes, &bw, &alpha, out, len);
     if (rc)
         return rc;
-    double tc = t_comp_ms(s);
-    if (tc < 0 || s->nbuckets == 0) {
+    if (s->ngap == 0 || s->nbuckets == 0) {
         snprintf(out, len, "whatif: nothing measured yet: perfmodel needs a few steps of every "
-                           "bucket (warmup %ld) to know the compute time", s->warmup);
+                           "bucket (warmup %ld) to know the trainers' timeline", s->warmup);
         return GCOMP_NOT_FOUND;
     }
     /* The best configuration on that cluster: per bucket, with the others as they are,
        until nothing changes. */
     int *choice = calloc((size_t)s->nbuckets, sizeof(int));
     int *none = calloc((size_t)s->nbuckets, sizeof(int));
-    if (!choice || !none) {
+    ready_at *order = ready_order(s);
+    if (!choice || !none || !order) {
         free(choice);
         free(none);
+        free(order);
         return GCOMP_NOMEM;
     }
+    double backward = s->nbuckets ? order[s->nbuckets - 1].ms : 0, gap = median(s->gap, s->ngap);
     double t[GP_PERF_MAX_CANDIDATES + 1];
     for (int pass = 0, changed = 1; pass < GP_PERF_PASSES && changed; pass++) {
         changed = 0;
         for (int i = 0; i < s->nbuckets; i++) {
-            predict_options(s, choice, i, nodes, alpha, bw, tc, t);
+            predict_options(s, order, choice, i, nodes, alpha, bw, t);
             int best = argmin(t, s->ncand + 1);
             if (best != choice[i] && t[best] < t[choice[i]]) {
                 choice[i] = best;
@@ -1008,26 +1085,27 @@ static int perf_query(void *state, int argc, const char *const *argv, int json, 
     for (int c = 0; c < s->ncand; c++)
         if ((int)strlen(s->cand_text[c]) > width)
             width = (int)strlen(s->cand_text[c]);
-    double total = job_step_ms(s, choice, nodes, alpha, bw, tc);
-    double dense = job_step_ms(s, none, nodes, alpha, bw, tc);
+    double total = job_step_ms(s, order, choice, nodes, alpha, bw);
+    double dense = job_step_ms(s, order, none, nodes, alpha, bw);
     outbuf o = {.p = out, .len = len};
     out[0] = '\0';
     if (json) {
         put(&o, "{\"nodes\":%d,\"bandwidth_bytes_s\":%.10g,\"latency_us\":%.10g,\"gamma\":%.10g,"
-                "\"compute_ms\":%.10g,\"measured\":{\"nodes\":%d,\"bandwidth_bytes_s\":%.10g,"
+                "\"compute_ms\":%.10g,\"backward_ms\":%.10g,\"gap_ms\":%.10g,"
+                "\"measured\":{\"nodes\":%d,\"bandwidth_bytes_s\":%.10g,"
                 "\"latency_us\":%.10g},\"buckets\":[",
-            nodes, bw * 1e3, alpha * 1e3, s->gamma, tc, s->env.nodes, s->env.bw_bytes_ms * 1e3,
-            s->env.alpha_ms * 1e3);
+            nodes, bw * 1e3, alpha * 1e3, s->gamma, backward + gap, backward, gap, s->env.nodes,
+            s->env.bw_bytes_ms * 1e3, s->env.alpha_ms * 1e3);
     } else {
         put(&o, "whatif: %d nodes, bandwidth %.4g Gbit/s, latency %.4g us, gamma %.3g\n", nodes,
             bw * 8e3 * 1e-9, alpha * 1e3, s->gamma);
-        put(&o, "measured: compute %.2f ms per step; network on %d nodes: %.4g Gbit/s, "
-                "latency %.4g us\n",
-            tc, s->env.nodes, s->env.bw_bytes_ms * 8e3 * 1e-9, s->env.alpha_ms * 1e3);
+        put(&o, "measured: backward %.2f ms to the last bucket, forward and optimizer "
+                "%.2f ms; network on %d nodes: %.4g Gbit/s, latency %.4g us\n",
+            backward, gap, s->env.nodes, s->env.bw_bytes_ms * 8e3 * 1e-9, s->env.alpha_ms * 1e3);
     }
     for (int i = 0; i < s->nbuckets; i++) {
         const perf_bucket *b = &s->buckets[i];
-        predict_options(s, choice, i, nodes, alpha, bw, tc, t);
+        predict_options(s, order, choice, i, nodes, alpha, bw, t);
         double dense_bytes = 0;
         for (int l = 0; l < b->nlayers; l++)
             dense_bytes += (double)b->geom[l].numel * sizeof(float);
@@ -1079,6 +1157,7 @@ static int perf_query(void *state, int argc, const char *const *argv, int json, 
             total, dense, total > 0 ? dense / total : 1.0);
     free(choice);
     free(none);
+    free(order);
     if (o.full) {
         snprintf(out, len, "whatif: the answer does not fit in %zu bytes", len);
         return GCOMP_LIMIT;

@@ -41,23 +41,33 @@ double gp_perf_predict_allreduce_ms(double bytes, int nodes, double alpha_ms,
 double gp_perf_predict_allgather_ms(double bytes_per_node, int nodes, double alpha_ms,
                                     double bw_bytes_ms);
 
-/* The step time of the job: max(g T_comp, overlapped) + serial, where overlapped is the
-   exchange time that runs beside the backward pass (dense buckets but the last) and
-   serial the time that does not (the last bucket, every compressed bucket's encode,
-   exchange and decode). g is gamma when something overlaps, else 1: with nothing beside
-   it the backward pass is not slowed. */
-double gp_perf_predict_step_ms(double t_comp_ms, double gamma, double overlapped_ms,
-                               double serial_ms);
+/* One bucket of a training iteration, as the timeline model sees it. */
+typedef struct gp_perf_stage {
+    double ready_ms;  /* the bucket is ready (all its trainers submitted) this long after
+                         the iteration's first submission */
+    double encode_ms; /* its encodes, on the daemon's workers */
+    double comm_ms;   /* its collectives, on the network */
+    double decode_ms; /* its decodes, on the workers, after the collectives */
+} gp_perf_stage;
 
-/* The model inverted: the compute time that explains a measured step time given the
-   measured overlapped and serial exchange times, (step - serial) / g, at least 0. With
-   one bucket this is step_ms - exchange_ms. */
-double gp_perf_compute_ms(double step_ms, double gamma, double overlapped_ms,
-                          double serial_ms);
+/*
+ * The iteration time the timeline model predicts for n buckets given in the order they
+ * become ready (ready_ms not decreasing): each bucket encodes on the workers from its
+ * ready time, then runs its collectives on the network, then decodes on the workers.
+ * The workers and the network each do one thing at a time, first come first served (a
+ * decode that arrives before a later bucket is ready runs first). The iteration ends
+ * when every bucket's result is complete (and not before the last bucket is ready),
+ * plus gap_ms, the forward pass and optimizer before the next one. INFINITY when out of
+ * memory. busy_ms (may be NULL) gets the time the network is busy before the last bucket
+ * is ready (beside the backward pass).
+ */
+double gp_perf_timeline_ms(const gp_perf_stage *st, int n, double gap_ms, double *busy_ms);
 
 /* What one bucket's exchange costs under one spec. */
 typedef struct gp_perf_cost {
-    double encode_decode_ms; /* encode + decode of the compressed layers, all phases */
+    double encode_ms;        /* encode of the compressed layers, all phases */
+    double decode_ms;        /* their decode, all phases */
+    double encode_decode_ms; /* the two together */
     double comm_ms;          /* the collectives: dense allreduce, then each phase's */
     double sent_bytes;       /* bytes one node puts into the exchange */
     int ncompressed;         /* layers the codec takes */

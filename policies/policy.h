@@ -73,10 +73,18 @@ typedef struct gp_step_info {
     const bool *compressed;    /* [nlayers]: whether it was compressed (engine rule) */
     const double *payload;     /* [nlayers]: payload bytes per layer, averaged over nodes */
     const double *stats;       /* [nlayers * nstats]: collect() averaged over the nodes */
-    double step_ms;            /* time between this step and the previous step of the
-                                  bucket (the training iteration), the slowest node's */
-    double exchange_ms;        /* time of the bucket's encode + exchange + decode, the
-                                  slowest node's */
+    /* Times from the trainers' timeline on each node, the slowest node's: */
+    double step_ms;            /* the training iteration: from the previous step's
+                                  first submission (any bucket) to this step's (when
+                                  the previous step is not known: between the bucket's
+                                  two ready steps); 0 on the first step */
+    double exchange_ms;        /* the bucket's encode + exchange + decode */
+    double ready_ms;           /* the backward pass before the bucket: from the step's
+                                  first submission (any bucket) to the bucket's last
+                                  trainer's; -1: not known */
+    double gap_ms;             /* the forward pass and optimizer before the step: from
+                                  the previous step's last result to this step's first
+                                  submission; -1: not known */
     int nodes;
     const gp_hints *hints;
 } gp_step_info;

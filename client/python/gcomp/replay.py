@@ -20,6 +20,7 @@ which file or process), 2 for bad arguments.
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -84,6 +85,12 @@ def _parser():
     p.add_argument("--per-worker", action="store_true",
                    help="every worker also writes what it received to OUT/w{worker}/s{step}/"
                         "{bucket}.npy (to check that every node got the same result)")
+    p.add_argument("--backward-ms", type=float, default=0.0, metavar="MS",
+                   help="every worker sleeps MS per step as a backward pass would, spread "
+                        "over the buckets: MS / buckets before each bucket's submit")
+    p.add_argument("--forward-ms", type=float, default=0.0, metavar="MS",
+                   help="every worker sleeps MS after a step's results, before the next "
+                        "step (the forward pass and optimizer)")
     p.add_argument("-v", "--verbose", action="store_true", help="print the commands run")
     return p
 
@@ -104,6 +111,10 @@ def main(argv=None, tools=None):
     try:
         trainers = spread(tr.workers, args.nodes if args.nodes is not None else tr.workers)
         first, last = parse_steps(args.steps, tr.steps)
+        for name in ("backward_ms", "forward_ms"):
+            if not getattr(args, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, not "
+                                 f"{getattr(args, name)}")
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -116,7 +127,8 @@ def main(argv=None, tools=None):
                "--out", os.path.abspath(args.out),
                "--wait-timeout-ms", str(args.wait_timeout_ms)] + \
               (["--per-worker"] if args.per_worker else []) + \
-              (["--steps", f"{first}:{last}"])
+              ["--steps", f"{first}:{last}", "--backward-ms", str(args.backward_ms),
+               "--forward-ms", str(args.forward_ms)]
     job = launch.Job(command=command, trainers=trainers, codec=args.codec,
                      policy=args.policy, stats_file=stats, timeout_ms=args.timeout_ms,
                      seed=args.seed, verbose=args.verbose, checkpoint=args.checkpoint,
@@ -140,12 +152,14 @@ def worker_main(argv):
     p.add_argument("--wait-timeout-ms", type=int, default=120000)
     p.add_argument("--per-worker", action="store_true")
     p.add_argument("--steps", required=True)
+    p.add_argument("--backward-ms", type=float, default=0.0)
+    p.add_argument("--forward-ms", type=float, default=0.0)
     args = p.parse_args(argv)
     worker = int(os.environ.get("GCOMP_RANK", "-1"))
     try:
         first, last = (int(v) for v in args.steps.split(":"))
         run_worker(args.trace, args.out, worker, args.wait_timeout_ms, args.per_worker,
-                   range(first, last))
+                   range(first, last), args.backward_ms, args.forward_ms)
     except (trace.TraceError, OSError, ValueError) as exc:
         print(f"gcomp-replay worker {worker}: {exc}", file=sys.stderr)
         return 1
@@ -155,9 +169,11 @@ def worker_main(argv):
     return 0
 
 
-def run_worker(trace_dir, out, worker, wait_timeout_ms, per_worker=False, steps=None):
+def run_worker(trace_dir, out, worker, wait_timeout_ms, per_worker=False, steps=None,
+               backward_ms=0.0, forward_ms=0.0):
     """Replay every step of one worker; worker 0 writes the results (every worker
-    writes its own too with per_worker)."""
+    writes its own too with per_worker). backward_ms / forward_ms: the compute a
+    training step would do, slept (see --backward-ms, --forward-ms)."""
     from .client import Client  # needs the library: only the workers load it
 
     tr = trace.load(trace_dir)
@@ -171,6 +187,8 @@ def run_worker(trace_dir, out, worker, wait_timeout_ms, per_worker=False, steps=
                 client.hint(step, **hint)
             for spec, bucket in buckets:
                 tr.read_into(worker, step, spec, bucket.data)
+                if backward_ms > 0:
+                    time.sleep(backward_ms / len(buckets) / 1e3)
                 bucket.submit(step)
             for spec, bucket in buckets:
                 bucket.wait(wait_timeout_ms)
@@ -180,6 +198,8 @@ def run_worker(trace_dir, out, worker, wait_timeout_ms, per_worker=False, steps=
                     mine = os.path.join(out, f"w{worker}", f"s{step}")
                     os.makedirs(mine, exist_ok=True)
                     np.save(os.path.join(mine, f"{spec.name}.npy"), bucket.result)
+            if forward_ms > 0:
+                time.sleep(forward_ms / 1e3)
 
 
 if __name__ == "__main__":

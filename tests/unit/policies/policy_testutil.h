@@ -44,7 +44,7 @@ int tu_load(gp_instance *p, const void *buf, size_t len, char *err, size_t errle
 void tu_set_version(unsigned char *buf, uint32_t version);
 
 /* The common checks of a policy's checkpoint format, on a checkpoint ck[len] of p's
-   policy and arguments: a copy with format version 2 and every truncation of it (at a
+   policy and arguments: a copy with format version 99 and every truncation of it (at a
    spread of lengths, 0 included) are refused with a message, and the state is left as
    it was (a second save gives the same bytes). */
 void tu_check_refusals(gp_instance *p, const unsigned char *ck, size_t len);

@@ -45,6 +45,8 @@ typedef struct job {
     double payload[NL];
     double stats[NL * GP_PERF_NSTATS];
     double probe[2][GP_PERF_NSTAT]; /* what a probe measures per 2-D layer */
+    double ready_ms, gap_ms; /* the trainers' timeline each step reports (but the first's
+                                gap: not known) */
 } job;
 
 /* The statistics a probe would average, per 2-D layer and candidate slot; by default
@@ -65,6 +67,10 @@ static void make_layers(job *j, const char *bucket, uint64_t bucket_index)
         j->layers[l] = (gp_layer){.bucket = bucket, .name = "layer", .index = l, .geom = g};
     }
     memcpy(j->probe, default_probe, sizeof(j->probe));
+    /* A 100 ms backward pass before the bucket is ready; the forward pass and optimizer
+       take no time. */
+    j->ready_ms = 100.0;
+    j->gap_ms = 0.0;
 }
 
 static void fill_probe_stats(job *j)
@@ -119,13 +125,15 @@ static gk_spec run_step(job *j, const char *bucket, int64_t step, double step_ms
     gp_step_info info = {.step = step, .bucket = bucket, .nlayers = j->nlayers,
                          .layers = j->layers, .specs = j->specs, .compressed = j->compressed,
                          .payload = j->payload, .stats = j->stats, .step_ms = step_ms,
-                         .exchange_ms = exchange_ms, .nodes = j->env.nodes, .hints = &h};
+                         .exchange_ms = exchange_ms, .ready_ms = j->ready_ms,
+                         .gap_ms = step ? j->gap_ms : -1.0, .nodes = j->env.nodes, .hints = &h};
     assert_int_equal(j->p->policy->observe(j->p->state, &info), GCOMP_OK);
     return j->specs[0];
 }
 
-/* Run steps 0..n-1 of one bucket with warmup w (probe at step w - 1) and T_comp 100 ms:
-   step_ms = 100 + exchange_ms (0 at the first step, as the engine reports it). */
+/* Run steps 0..n-1 of one bucket with warmup w (probe at step w - 1), ready 100 ms after
+   the step's start, no gap: step_ms = 100 + exchange_ms (0 at the first step, as the
+   engine reports it). */
 static gk_spec run_job(job *j, int n, int w, double exchange_ms, char *why, size_t whylen)
 {
     gk_spec s = {0};
@@ -177,14 +185,35 @@ static void test_formulas(void **st)
     assert_double_equal(gp_perf_predict_allgather_ms(1e6, 1, 0.1, 1000), 0.0, EPS);
     assert_double_equal(gp_perf_predict_allreduce_ms(0, 4, 0.1, 1000), 0.0, EPS);
     assert_double_equal(gp_perf_predict_allreduce_ms(1e6, 4, 0.1, 0), 0.6, EPS);
-    /* max(1.07 * 100, 50) + 10; nothing overlapped: gamma 1; communication-bound. */
-    assert_double_equal(gp_perf_predict_step_ms(100, 1.07, 50, 10), 117.0, EPS);
-    assert_double_equal(gp_perf_predict_step_ms(100, 1.07, 0, 10), 110.0, EPS);
-    assert_double_equal(gp_perf_predict_step_ms(100, 1.07, 200, 10), 210.0, EPS);
-    /* The inverse. */
-    assert_double_equal(gp_perf_compute_ms(117, 1.07, 50, 10), 100.0, EPS);
-    assert_double_equal(gp_perf_compute_ms(110, 1.07, 0, 10), 100.0, EPS);
-    assert_double_equal(gp_perf_compute_ms(5, 1.07, 0, 10), 0.0, EPS);
+}
+
+/* The timeline model: {ready, encode, comm, decode} per bucket in ready order. */
+static void test_timeline(void **st)
+{
+    (void)st;
+    /* No buckets: the gap alone. One bucket: ready + encode + comm + decode + gap. */
+    assert_double_equal(gp_perf_timeline_ms(NULL, 0, 7, NULL), 7.0, EPS);
+    gp_perf_stage one[] = {{100, 4, 10, 2}};
+    assert_double_equal(gp_perf_timeline_ms(one, 1, 5, NULL), 121.0, EPS);
+    /* Two dense exchanges share the network: the second waits for the first. */
+    gp_perf_stage shared[] = {{0, 0, 30, 0}, {10, 0, 30, 0}};
+    assert_double_equal(gp_perf_timeline_ms(shared, 2, 0, NULL), 60.0, EPS);
+    /* The backward pass hides the first exchange: only the last one shows. */
+    gp_perf_stage hidden[] = {{0, 0, 5, 0}, {100, 0, 5, 0}};
+    double busy = -1;
+    assert_double_equal(gp_perf_timeline_ms(hidden, 2, 0, &busy), 105.0, EPS);
+    assert_double_equal(busy, 5.0, EPS); /* beside the backward pass: the first exchange */
+    /* Pipelining: bucket 1 encodes (10-20) during bucket 0's collective (10-30), its
+       collective follows (30-50); bucket 0 decodes 30-40, bucket 1 50-60. */
+    gp_perf_stage pipe[] = {{0, 10, 20, 10}, {0, 10, 20, 10}};
+    assert_double_equal(gp_perf_timeline_ms(pipe, 2, 0, NULL), 60.0, EPS);
+    /* First come, first served on the workers: bucket 0's decode (10-15) runs before
+       bucket 1 is ready (50); bucket 1 encodes 50-55, exchanges 55-65. */
+    gp_perf_stage fifo[] = {{0, 0, 10, 5}, {50, 5, 10, 0}};
+    assert_double_equal(gp_perf_timeline_ms(fifo, 2, 0, NULL), 65.0, EPS);
+    /* Nothing ends before the last bucket is ready. */
+    gp_perf_stage late[] = {{0, 0, 1, 0}, {80, 0, 0, 0}};
+    assert_double_equal(gp_perf_timeline_ms(late, 2, 3, NULL), 83.0, EPS);
 }
 
 static void test_bucket_cost(void **st)
@@ -444,13 +473,13 @@ static void test_timings_decide(void **st)
     const double probe[2][GP_PERF_NSTAT] = {{2.0, 0.0, 0.25, -1.0}, {30.0, 10.0, 0.0, 0.0}};
     memcpy(j.probe, probe, sizeof(probe));
     double dense = gp_perf_predict_allreduce_ms(4.0 * (4 * SIDE * SIDE + SIDE), 4, 0.05, BW_SLOW);
-    /* The probe at step 1 spoils the T_comp samples of steps 1 and 2: the first sample,
-       and so the first decision, comes with step 3. */
-    run_job(&j, 3, 2, dense, NULL, 0);
-    assert_string_equal(decision(&j, 3, NULL, 0).codec->name, "none");
-    run_job_from(&j, 3, 4, 2, dense);
+    /* The probe at step 1, the last warmup step; the first decision comes with it (the
+       trainers' timeline is known from step 1) and applies from step 2. */
+    run_job(&j, 1, 2, dense, NULL, 0);
+    assert_string_equal(decision(&j, 1, NULL, 0).codec->name, "none");
+    run_job_from(&j, 1, 2, 2, dense);
     char why[256];
-    assert_string_equal(decision(&j, 4, why, sizeof(why)).codec->name, "topk");
+    assert_string_equal(decision(&j, 2, why, sizeof(why)).codec->name, "topk");
     /* 100 + 4 x (2 + 4 x 0.25) + the bias's allreduce + the allgather of 4 x k entries. */
     gk_spec topk;
     char err[256];
@@ -464,6 +493,8 @@ static void test_timings_decide(void **st)
     gp_instance_destroy(j.p);
 }
 
+static double json_number(const char *out, const char *key);
+
 /* Two buckets: the first one's dense exchange overlaps the backward pass. */
 static void test_two_buckets_overlap(void **st)
 {
@@ -474,7 +505,11 @@ static void test_two_buckets_overlap(void **st)
     assert_int_equal(create(&a, "perfmodel:warmup=1", 0.005, BW_FAST, 8), GCOMP_OK);
     b.p = a.p;
     b.env = a.env;
-    /* T_comp = (110 - 3) / 1.07 = 100. */
+    /* b0 is ready 50 ms into the backward pass, b1 at its end (100 ms); 10 ms of forward
+       pass and optimizer. */
+    a.ready_ms = 50;
+    b.ready_ms = 100;
+    a.gap_ms = b.gap_ms = 10;
     for (int64_t step = 0; step < 4; step++) {
         run_step(&a, "b0", step, step ? 110 : 0, 2.0, step == 0, NULL, 0);
         run_step(&b, "b1", step, step ? 110 : 0, 3.0, step == 0, NULL, 0);
@@ -483,14 +518,16 @@ static void test_two_buckets_overlap(void **st)
     const char *argv[] = {"whatif", "--nodes", "8", "--bandwidth", "400gbit", "--latency-us", "5"};
     assert_int_equal(a.p->policy->query(a.p->state, 7, argv, 1, out, sizeof(out)), GCOMP_OK);
     double e = gp_perf_predict_allreduce_ms(4.0 * (4 * SIDE * SIDE + SIDE), 8, 0.005, BW_FAST);
-    double none = gp_perf_predict_step_ms(100, 1.07, e, e);
+    /* All dense: b0's exchange (50 to 50 + e) is hidden by the backward pass, b1's
+       follows it (100 to 100 + e), then the gap. */
     const char *n = strstr(out, "\"none_ms\":");
     assert_non_null(n);
-    assert_double_equal(strtod(n + 10, NULL), none, 1e-4);
-    assert_double_equal(none, 107 + e, 1e-9);
+    assert_double_equal(strtod(n + 10, NULL), 110 + e, 1e-4);
     const char *c = strstr(out, "\"compute_ms\":");
     assert_non_null(c);
-    assert_double_equal(strtod(c + 13, NULL), 100.0, 1e-4);
+    assert_double_equal(strtod(c + 13, NULL), 110.0, 1e-4);
+    assert_double_equal(json_number(out, "backward_ms"), 100.0, 1e-4);
+    assert_double_equal(json_number(out, "gap_ms"), 10.0, 1e-4);
     gp_instance_destroy(a.p);
 }
 
@@ -787,6 +824,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_formulas),
+        cmocka_unit_test(test_timeline),
         cmocka_unit_test(test_bucket_cost),
         cmocka_unit_test(test_bandwidth_units),
         cmocka_unit_test(test_specs),
