@@ -148,8 +148,8 @@ static int trace_start_check(gcd *d, char **args, size_t nargs, char *out, size_
                            "%d bytes without newlines", GCD_TRACE_DIR_MAX - 32);
         return GCOMP_INVALID;
     }
-    if (!glob[0] || strlen(glob) > 200 || strchr(glob, '\n')) {
-        snprintf(out, len, "trace start: --buckets needs a pattern of 1..200 bytes without "
+    if (!glob[0] || strlen(glob) > 100 || strchr(glob, '\n')) {
+        snprintf(out, len, "trace start: --buckets needs a pattern of 1..100 bytes without "
                            "newlines");
         return GCOMP_INVALID;
     }

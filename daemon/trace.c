@@ -481,7 +481,8 @@ static void reap(engine *e, bool block)
 
 int eng_trace_ask(engine *e, uint64_t ctl_id, bool start, int64_t steps, const char *text)
 {
-    /* text: "GLOB\nDIR" for a start (control.c checked both). */
+    /* text: "GLOB\nDIR" for a start (control.c checked both: with the steps they fit
+       ctl_wait.text). */
     ctl_wait *a = realloc(e->trace_asks, (e->ntrace + 1) * sizeof(*a));
     if (!a)
         return GCOMP_NOMEM;
