@@ -1,7 +1,8 @@
 /*
  * gcompctl: the control socket's command-line client.
  *   gcompctl [--socket PATH] [--json] status | stats [--prometheus] | policy get |
- *            policy set SPEC | shutdown
+ *            policy set SPEC | trace start DIR [--steps N] [--buckets GLOB] |
+ *            trace stop | trace status | shutdown
  * PATH defaults to $GCOMP_CTL (set by gcomp-run for every trainer).
  */
 #include <poll.h>
@@ -37,6 +38,14 @@ static void usage(FILE *out)
             "  checkpoint save DIR\n"
             "                    every node saves its error feedback, codec and policy state\n"
             "                    at the same point (restart with gcompd --restore DIR)\n"
+            "  trace start DIR [--steps N] [--buckets GLOB]\n"
+            "                    record what every trainer submits, from the same step on\n"
+            "                    every node, as a gcomp-trace/1 trace in DIR (a directory\n"
+            "                    every node can write; N steps, default until trace stop;\n"
+            "                    the buckets whose names match GLOB, default all) for\n"
+            "                    gcomp-replay; prints the steps it records\n"
+            "  trace stop        end the recording at the same step on every node\n"
+            "  trace status      the recording's progress on this node\n"
             "  shutdown          stop every daemon of the job\n\n"
             "PATH defaults to $GCOMP_CTL (a daemon's DIR/node{k}.ctl).\n");
 }
@@ -47,11 +56,16 @@ static int parse_options(int argc, char **argv, const char **path, int *json, in
                          int *timeout_ms, char **rest, int *nrest)
 {
     *nrest = 0;
-    bool query = false;
+    bool query = false, trace = false;
     for (int a = 1; a < argc; a++) {
         const char *o = argv[a];
         bool ours = !query && strncmp(o, "--", 2) == 0;
-        if (ours && strcmp(o, "--json") == 0) {
+        if (ours && trace && (strcmp(o, "--steps") == 0 || strcmp(o, "--buckets") == 0)) {
+            /* trace start's own options, with their values: the command reads them. */
+            rest[(*nrest)++] = argv[a];
+            if (a + 1 < argc)
+                rest[(*nrest)++] = argv[++a];
+        } else if (ours && strcmp(o, "--json") == 0) {
             *json = 1;
         } else if (ours && strcmp(o, "--prometheus") == 0) {
             *prometheus = 1;
@@ -80,9 +94,82 @@ static int parse_options(int argc, char **argv, const char **path, int *json, in
         } else {
             if (*nrest == 0 && (strcmp(o, "whatif") == 0 || strcmp(o, "query") == 0))
                 query = true;
+            if (*nrest == 0 && strcmp(o, "trace") == 0)
+                trace = true;
             rest[(*nrest)++] = argv[a];
         }
     }
+    return 0;
+}
+
+/* trace start DIR [--steps N] [--buckets GLOB] | trace stop | trace status: the daemon's
+   trace-start DIR STEPS GLOB (DIR made absolute), trace-stop, trace-status. Returns 0,
+   or 1 with the error printed. */
+static int trace_args(char **args, int nargs, char *cmd, size_t cmdlen, char ***out, int *nout)
+{
+    static char *targs[3];
+    static char abs_dir[4096];
+    const char *what = nargs > 0 ? args[0] : "";
+    if (strcmp(what, "stop") == 0 || strcmp(what, "status") == 0) {
+        if (nargs != 1) {
+            fprintf(stderr, "gcompctl: 'trace %s' takes no argument\n", what);
+            return 1;
+        }
+        snprintf(cmd, cmdlen, "trace-%s", what);
+        *nout = 0;
+        return 0;
+    }
+    if (strcmp(what, "start") != 0) {
+        fprintf(stderr, "gcompctl: 'trace start DIR [--steps N] [--buckets GLOB]', 'trace stop' "
+                        "or 'trace status'\n");
+        return 1;
+    }
+    const char *dir = NULL, *steps = "0", *glob = "*";
+    for (int i = 1; i < nargs; i++) {
+        if (strcmp(args[i], "--steps") == 0 || strcmp(args[i], "--buckets") == 0) {
+            if (i + 1 >= nargs || !args[i + 1][0]) {
+                fprintf(stderr, "gcompctl: trace start %s needs a value\n", args[i]);
+                return 1;
+            }
+            if (args[i][2] == 's') {
+                char *end;
+                long long v = strtoll(args[i + 1], &end, 10);
+                if (*end || v < 1) {
+                    fprintf(stderr, "gcompctl: trace start --steps needs an integer >= 1, not "
+                                    "'%s'\n", args[i + 1]);
+                    return 1;
+                }
+                steps = args[i + 1];
+            } else {
+                glob = args[i + 1];
+            }
+            i++;
+        } else if (!dir && args[i][0]) {
+            dir = args[i];
+        } else {
+            fprintf(stderr, "gcompctl: trace start takes one directory, then --steps N and "
+                            "--buckets GLOB (unexpected '%s')\n", args[i]);
+            return 1;
+        }
+    }
+    if (!dir) {
+        fprintf(stderr, "gcompctl: 'trace start DIR': the directory to record into is missing\n");
+        return 1;
+    }
+    if (strlen(dir) > 1024) {
+        fprintf(stderr, "gcompctl: trace start: the directory path is longer than 1024 bytes\n");
+        return 1;
+    }
+    if (dir[0] != '/' && getcwd(abs_dir, sizeof(abs_dir) - strlen(dir) - 2))
+        strcat(strcat(abs_dir, "/"), dir);
+    else
+        snprintf(abs_dir, sizeof(abs_dir), "%s", dir);
+    targs[0] = abs_dir;
+    targs[1] = (char *)steps;
+    targs[2] = (char *)glob;
+    snprintf(cmd, cmdlen, "trace-start");
+    *out = targs;
+    *nout = 3;
     return 0;
 }
 
@@ -102,7 +189,7 @@ int main(int argc, char **argv)
     }
     if (!rest[0][0]) {
         fprintf(stderr, "gcompctl: empty command; valid: status, stats, policy, whatif, query, "
-                        "checkpoint, shutdown\n");
+                        "checkpoint, trace, shutdown\n");
         return 2;
     }
     if (prometheus && (strcmp(rest[0], "stats") || nrest != 1)) {
@@ -147,6 +234,9 @@ int main(int argc, char **argv)
         ckargs[0] = abs_dir;
         args = ckargs;
         nargs = 1;
+    } else if (strcmp(argv[a], "trace") == 0) {
+        if (trace_args(args, nargs, cmd, sizeof(cmd), &args, &nargs))
+            return 2;
     } else if (strcmp(argv[a], "whatif") == 0) {
         /* The policy answers; the command name travels as the first argument. */
         snprintf(cmd, sizeof(cmd), "query");

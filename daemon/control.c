@@ -1,9 +1,14 @@
 /*
  * control.c: the control socket's commands (gcompctl), on the loop thread.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/clock.h"
 #include "base/json.h"
@@ -103,6 +108,166 @@ static int cmd_prometheus(gcd *d, char *out, size_t len)
     return rc;
 }
 
+/* mkdir -p of an absolute path; errno is set on failure. */
+static int mkdirs(const char *dir)
+{
+    char p[GCD_TRACE_DIR_MAX + 1];
+    snprintf(p, sizeof(p), "%s", dir);
+    for (char *c = p + 1; *c; c++) {
+        if (*c != '/')
+            continue;
+        *c = '\0';
+        int rc = mkdir(p, 0755);
+        *c = '/';
+        if (rc < 0 && errno != EEXIST)
+            return -1;
+    }
+    return mkdir(p, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* Check a trace start here (the coordinator refuses a second recording asked on two
+   nodes at once): its arguments, the directory (created, writable, not holding a trace
+   already), a bucket to record. Returns 0 or a status with out saying what is wrong. */
+static int trace_start_check(gcd *d, char **args, size_t nargs, char *out, size_t len)
+{
+    if (nargs != 3) {
+        snprintf(out, len, "trace start takes DIR STEPS BUCKETS (gcompctl trace start DIR "
+                           "[--steps N] [--buckets GLOB])");
+        return GCOMP_INVALID;
+    }
+    const char *dir = args[0], *glob = args[2];
+    char *end;
+    long long steps = strtoll(args[1], &end, 10);
+    if (!args[1][0] || *end || steps < 0) {
+        snprintf(out, len, "trace start: steps must be an integer >= 0 (0: until trace "
+                           "stop), not '%.64s'", args[1]);
+        return GCOMP_INVALID;
+    }
+    if (dir[0] != '/' || strlen(dir) > GCD_TRACE_DIR_MAX - 32 || strchr(dir, '\n')) {
+        snprintf(out, len, "trace start: the directory must be an absolute path of at most "
+                           "%d bytes without newlines", GCD_TRACE_DIR_MAX - 32);
+        return GCOMP_INVALID;
+    }
+    if (!glob[0] || strlen(glob) > 100 || strchr(glob, '\n')) {
+        snprintf(out, len, "trace start: --buckets needs a pattern of 1..100 bytes without "
+                           "newlines");
+        return GCOMP_INVALID;
+    }
+    pthread_mutex_lock(&d->mu);
+    bool busy = d->trace.state == GCD_TRACE_RECORDING || d->trace.asked;
+    char cur[GCD_TRACE_DIR_MAX + 1];
+    snprintf(cur, sizeof(cur), "%s", d->trace.dir);
+    long long from = (long long)d->trace.from;
+    bool asked = d->trace.asked;
+    size_t matched = 0, n = 0;
+    char names[512] = "";
+    for (uint32_t i = 0; i < d->nbuckets; i++) {
+        const gcd_bucket *b = d->buckets[i];
+        if (!b || b->dying)
+            continue;
+        matched += fnmatch(glob, b->name, 0) == 0;
+        if (n < sizeof(names))
+            n += (size_t)snprintf(names + n, sizeof(names) - n, "%s'%s'", n ? ", " : "", b->name);
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (busy && asked) {
+        snprintf(out, len, "a trace start asked on this node is being decided: wait for it, "
+                           "or gcompctl trace stop");
+        return GCOMP_BUSY;
+    }
+    if (busy) {
+        snprintf(out, len, "already recording into %s (from step %lld): gcompctl trace stop "
+                           "first", cur, from);
+        return GCOMP_BUSY;
+    }
+    if (!n) {
+        snprintf(out, len, "trace start: no bucket is registered on node %d yet; start the "
+                           "recording once the trainers have registered their buckets", d->node);
+        return GCOMP_INVALID;
+    }
+    if (!matched) {
+        snprintf(out, len, "trace start: no registered bucket matches '%s' (registered: %s)",
+                 glob, names);
+        return GCOMP_INVALID;
+    }
+    struct stat st;
+    char path[GCD_TRACE_DIR_MAX + 32];
+    if (mkdirs(dir) < 0 || stat(dir, &st) < 0) {
+        snprintf(out, len, "trace start: cannot create the directory %s: %s", dir, strerror(errno));
+        return GCOMP_IO;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(out, len, "trace start: %s exists and is not a directory", dir);
+        return GCOMP_IO;
+    }
+    snprintf(path, sizeof(path), "%s/manifest.json", dir);
+    if (access(path, F_OK) == 0) {
+        snprintf(out, len, "trace start: %s already holds a trace (manifest.json): choose "
+                           "another directory or remove it", dir);
+        return GCOMP_INVALID;
+    }
+    /* access() says yes to root on a read-only mount: try a file. */
+    snprintf(path, sizeof(path), "%s/.gcomp-probe-%d", dir, d->node);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(out, len, "trace start: cannot write in %s: %s", dir, strerror(errno));
+        return GCOMP_IO;
+    }
+    close(fd);
+    unlink(path);
+    return GCOMP_OK;
+}
+
+static const char *trace_state_name(int state)
+{
+    switch (state) {
+    case GCD_TRACE_RECORDING: return "recording";
+    case GCD_TRACE_FINISHED: return "finished";
+    case GCD_TRACE_FAILED: return "failed";
+    default: return "idle";
+    }
+}
+
+static int cmd_trace_status(gcd *d, int json, char *out, size_t len)
+{
+    pthread_mutex_lock(&d->mu);
+    const char *state = trace_state_name(d->trace.state);
+    if (json) {
+        size_t n = (size_t)snprintf(out, len, "{\"state\":\"%s\",\"id\":%llu,\"node\":%d,"
+                                    "\"dir\":", state, (unsigned long long)d->trace.id, d->node);
+        n += gk_json_str(out + n, n < len ? len - n : 0, d->trace.dir);
+        n += (size_t)snprintf(out + n, n < len ? len - n : 0,
+                              ",\"from_step\":%lld,\"end_step\":%lld,\"written\":%lld,"
+                              "\"complete\":%lld,\"error\":",
+                              (long long)d->trace.from, (long long)d->trace.end,
+                              (long long)d->trace.written, (long long)d->trace.complete);
+        if (d->trace.error[0])
+            n += gk_json_str(out + n, n < len ? len - n : 0, d->trace.error);
+        else
+            n += (size_t)snprintf(out + n, n < len ? len - n : 0, "null");
+        snprintf(out + n, n < len ? len - n : 0, "}");
+    } else if (d->trace.state == GCD_TRACE_IDLE) {
+        snprintf(out, len, "not recording (gcompctl trace start DIR)\n");
+    } else {
+        char end[64] = "until trace stop";
+        if (d->trace.end >= 0)
+            snprintf(end, sizeof(end), "to step %lld", (long long)d->trace.end - 1);
+        size_t n = (size_t)snprintf(out, len, "trace %llu %s: %s, steps from %lld %s; %lld "
+                                    "written on node %d", (unsigned long long)d->trace.id,
+                                    state, d->trace.dir, (long long)d->trace.from, end,
+                                    (long long)d->trace.written, d->node);
+        if (d->trace.state != GCD_TRACE_RECORDING && n < len)
+            n += (size_t)snprintf(out + n, len - n, ", %lld complete on every node",
+                                  (long long)d->trace.complete);
+        if (d->trace.error[0] && n < len)
+            n += (size_t)snprintf(out + n, len - n, "\nerror: %s", d->trace.error);
+        if (n < len)
+            snprintf(out + n, len - n, "\n");
+    }
+    pthread_mutex_unlock(&d->mu);
+    return GCOMP_OK;
+}
+
 /* Hand a request to the engine thread, which answers through GCD_EV_CTL_REPLY: returns
    1 (the reply comes later) or GCOMP_NOMEM with out saying so. */
 static int to_engine(gcd *d, enum gcd_event_kind kind, uint64_t ctl_id, int status,
@@ -189,6 +354,30 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
         }
         return to_engine(d, GCD_EV_CHECKPOINT, gcd_session_id(s), 0, args[0], out, len);
     }
+    if (strcmp(cmd, "trace-start") == 0) {
+        int rc = trace_start_check(d, args, nargs, out, len);
+        if (rc) {
+            gcd_log_warn("trace start refused: %s", out);
+            return rc;
+        }
+        char text[GCD_TRACE_DIR_MAX + 256];
+        snprintf(text, sizeof(text), "%s\n%s", args[2], args[0]);
+        pthread_mutex_lock(&d->mu);
+        d->trace.asked = true;
+        pthread_mutex_unlock(&d->mu);
+        gcd_log_info("trace start into %s asked", args[0]);
+        gcd_to_engine(d, GCD_EV_TRACE, 0, strtoll(args[1], NULL, 10), 1, gcd_session_id(s), text);
+        return 1;
+    }
+    if (strcmp(cmd, "trace-stop") == 0) {
+        if (nargs) {
+            snprintf(out, len, "trace stop takes no argument");
+            return GCOMP_INVALID;
+        }
+        return to_engine(d, GCD_EV_TRACE, gcd_session_id(s), 0, "", out, len);
+    }
+    if (strcmp(cmd, "trace-status") == 0)
+        return cmd_trace_status(d, json, out, len);
     if (strcmp(cmd, "query") == 0) {
         char joined[1024] = "";
         size_t n = 0;
@@ -209,7 +398,8 @@ int gcd_control_handle(gcd *d, struct gcd_session *s, const char *cmd, char **ar
         return GCOMP_OK;
     }
     snprintf(out, len, "unknown command '%s'; valid: status, stats, policy-get, policy-set SPEC, "
-                       "policy-log [N], checkpoint-save DIR, query ARGS, shutdown",
+                       "policy-log [N], checkpoint-save DIR, trace-start DIR STEPS GLOB, "
+                       "trace-stop, trace-status, query ARGS, shutdown",
              cmd);
     return GCOMP_INVALID;
 }

@@ -50,6 +50,25 @@ typedef struct policy_req {
     int origin;
 } policy_req;
 
+/* A gcompctl trace start/stop, queued until decided. */
+typedef struct trace_req {
+    bool stop;
+    char *dir, *buckets;
+    int64_t steps;
+    int origin;
+} trace_req;
+
+/* The recording in progress, as the nodes report it. */
+typedef struct trace_state {
+    uint64_t id;         /* the last one started (0: none yet) */
+    bool active;
+    int64_t from, end;   /* end -1: until a trace stop */
+    char *dir;
+    int64_t *written;    /* [nodes]: steps completely written there */
+    bool *done;          /* [nodes]: wrote all it will */
+    char *error;         /* the first failure a node reported */
+} trace_state;
+
 struct gcd_coord {
     int nodes;
     int timeout_ms;      /* a step some nodes never report fails after this long */
@@ -69,6 +88,9 @@ struct gcd_coord {
     uint32_t next_uid;   /* the number the next new bucket gets */
     reserved *res;
     size_t nres, capres;
+    trace_req *treq;
+    size_t ntreq, captreq;
+    trace_state trace;
 };
 
 static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
@@ -90,6 +112,14 @@ gcd_coord *gcd_coord_new(int nodes, int timeout_ms)
         c->timeout_ms = timeout_ms;
         c->max_step = -1;
         c->next_uid = 1;
+        c->trace.written = calloc((size_t)nodes, sizeof(int64_t));
+        c->trace.done = calloc((size_t)nodes, sizeof(bool));
+        if (!c->trace.written || !c->trace.done) {
+            free(c->trace.written);
+            free(c->trace.done);
+            free(c);
+            return NULL;
+        }
     }
     return c;
 }
@@ -127,6 +157,15 @@ void gcd_coord_free(gcd_coord *c)
         free(c->lost[i].why);
     }
     free(c->lost);
+    for (size_t i = 0; i < c->ntreq; i++) {
+        free(c->treq[i].dir);
+        free(c->treq[i].buckets);
+    }
+    free(c->treq);
+    free(c->trace.dir);
+    free(c->trace.error);
+    free(c->trace.written);
+    free(c->trace.done);
     free(c->ckpt);
     free(c->pend);
     free(c->known);
@@ -440,6 +479,126 @@ static void check_pending(gcd_coord *c, pending *p)
                                 c->timeout_ms, first, held));
 }
 
+/* Queue node w's trace ask; take what it reports of the recording in progress. */
+static int trace_take(gcd_coord *c, int w, const Gcomp__NodeReport *r)
+{
+    trace_state *t = &c->trace;
+    if (r->trace_ask) {
+        const Gcomp__TraceAsk *a = r->trace_ask;
+        trace_req *arr = gk_grow(c->treq, &c->captreq, c->ntreq + 1, sizeof(*arr));
+        if (!arr)
+            return GCOMP_NOMEM;
+        c->treq = arr;
+        trace_req *q = &arr[c->ntreq];
+        *q = (trace_req){.stop = a->stop, .dir = strdup(a->dir ? a->dir : ""),
+                         .buckets = strdup(a->buckets ? a->buckets : ""), .steps = a->steps,
+                         .origin = w};
+        if (!q->dir || !q->buckets) {
+            free(q->dir);
+            free(q->buckets);
+            return GCOMP_NOMEM;
+        }
+        c->ntreq++;
+    }
+    if (t->active && r->trace_id == t->id) {
+        t->written[w] = r->trace_written;
+        t->done[w] = r->trace_done;
+        if (r->trace_error && *r->trace_error && !t->error &&
+            !(t->error = fmt("node %d: %s", w, r->trace_error)))
+            return GCOMP_NOMEM;
+    }
+    return GCOMP_OK;
+}
+
+static int64_t trace_complete(const gcd_coord *c)
+{
+    int64_t least = c->trace.written[0];
+    for (int w = 1; w < c->nodes; w++)
+        if (c->trace.written[w] < least)
+            least = c->trace.written[w];
+    return least;
+}
+
+uint64_t gcd_coord_trace(const gcd_coord *c, int64_t *written)
+{
+    for (int w = 0; w < c->nodes; w++)
+        written[w] = c->trace.active ? c->trace.written[w] : 0;
+    return c->trace.active ? c->trace.id : 0;
+}
+
+/* At most one trace decision per cycle: the recording finishes (every node done, or one
+   failed), else the oldest ask is decided. Steps from max_step + 1 on have not been
+   submitted anywhere, so every node applies a start or stop before running any of
+   them: they all record the same steps. */
+static int trace_decide(gcd_coord *c, Gcomp__Decision *dec)
+{
+    trace_state *t = &c->trace;
+    bool all_done = t->active;
+    for (int w = 0; all_done && w < c->nodes; w++)
+        all_done = t->done[w];
+    if (!t->active && !c->ntreq)
+        return GCOMP_OK;
+    if (t->active && !all_done && !t->error && !c->ntreq)
+        return GCOMP_OK;
+    Gcomp__TraceDecision *td = malloc(sizeof(*td));
+    if (!td)
+        return GCOMP_NOMEM;
+    gcomp__trace_decision__init(td);
+    dec->trace = td;
+    td->id = t->id;
+    if (t->active && (all_done || t->error)) {
+        td->kind = GCD_TRACE_FINISH;
+        td->complete = trace_complete(c);
+        td->error = t->error ? t->error : strdup("");
+        t->error = NULL;
+        t->active = false;
+        td->dir = t->dir;
+        t->dir = NULL;
+        return td->error && td->dir ? GCOMP_OK : GCOMP_NOMEM;
+    }
+    trace_req q = c->treq[0];
+    memmove(c->treq, c->treq + 1, (c->ntreq - 1) * sizeof(*c->treq));
+    c->ntreq--;
+    td->origin = q.origin;
+    int64_t next = c->max_step + 1;
+    if (q.stop && !t->active) {
+        td->kind = GCD_TRACE_REFUSE;
+        td->error = fmt("no trace is being recorded (nothing to stop)");
+    } else if (q.stop) {
+        td->kind = GCD_TRACE_STOP;
+        t->end = t->end >= 0 && t->end < next ? t->end : next < t->from ? t->from : next;
+        td->from_step = t->from;
+        td->end_step = t->end;
+        td->dir = strdup(t->dir);
+    } else if (t->active) {
+        td->kind = GCD_TRACE_REFUSE;
+        td->error = fmt("already recording into %s (from step %lld): gcompctl trace stop "
+                        "first", t->dir, (long long)t->from);
+    } else {
+        td->kind = GCD_TRACE_START;
+        td->id = ++t->id;
+        t->active = true;
+        t->from = next;
+        t->end = q.steps > 0 ? next + q.steps : -1;
+        free(t->dir);
+        t->dir = strdup(q.dir);
+        for (int w = 0; w < c->nodes; w++) {
+            t->written[w] = 0;
+            t->done[w] = false;
+        }
+        td->dir = strdup(q.dir);
+        td->buckets = strdup(q.buckets);
+        td->from_step = t->from;
+        td->end_step = t->end;
+    }
+    free(q.dir);
+    free(q.buckets);
+    bool nomem = (td->kind == GCD_TRACE_REFUSE && !td->error) ||
+                 (td->kind != GCD_TRACE_REFUSE && !td->dir) ||
+                 (td->kind == GCD_TRACE_START && (!td->buckets || !t->dir));
+    return nomem ? GCOMP_NOMEM : GCOMP_OK;
+}
+
 int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, int64_t now_ms,
                    Gcomp__Decision *dec)
 {
@@ -482,6 +641,8 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, int64_t now_
         for (size_t i = 0; i < r->n_ready && !rc; i++)
             if (r->ready[i]->status == 0)
                 rc = on_ready(c, w, r->ready[i], dec);
+        if (!rc)
+            rc = trace_take(c, w, r);
     }
     /* Failures after all ready entries, so a failure reported in the same cycle as
        another node's readiness still fails that step. */
@@ -528,7 +689,7 @@ int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, int64_t now_
         memmove(c->ckpt, c->ckpt + 1, (c->nckpt - 1) * sizeof(*c->ckpt));
         c->nckpt--;
     }
-    return GCOMP_OK;
+    return trace_decide(c, dec);
 }
 
 void gcd_coord_decision_clear(Gcomp__Decision *dec)
@@ -543,6 +704,16 @@ void gcd_coord_decision_clear(Gcomp__Decision *dec)
         free(dec->policy_spec);
     if (dec->checkpoint_dir != protobuf_c_empty_string)
         free(dec->checkpoint_dir);
+    if (dec->trace) {
+        Gcomp__TraceDecision *td = dec->trace;
+        if (td->dir != protobuf_c_empty_string)
+            free(td->dir);
+        if (td->buckets != protobuf_c_empty_string)
+            free(td->buckets);
+        if (td->error != protobuf_c_empty_string)
+            free(td->error);
+        free(td);
+    }
     gcomp__decision__init(dec);
 }
 

@@ -18,6 +18,11 @@
 
 typedef struct gcd_coord gcd_coord;
 
+/* TraceDecision.kind: a recording starts (every node records steps from from_step on),
+   gets its end (trace stop: end_step), finishes (every node wrote all it will, or one
+   failed: complete steps and the error), or an ask is refused (origin answers error). */
+enum { GCD_TRACE_START = 1, GCD_TRACE_STOP, GCD_TRACE_FINISH, GCD_TRACE_REFUSE };
+
 /* timeout_ms: a bucket step that some nodes never report (their trainers registered
    other names) fails after this long. The engine gives twice --timeout-ms, so that a
    node's own, more precise reason (a slot that never registered or submitted, checked
@@ -34,6 +39,9 @@ void gcd_coord_free(gcd_coord *c);
 int gcd_coord_step(gcd_coord *c, Gcomp__NodeReport *const *reports, int64_t now_ms,
                    Gcomp__Decision *dec);
 void gcd_coord_decision_clear(Gcomp__Decision *dec);
+/* The recording in progress (its id, 0: none); written[nodes] gets the steps each node
+   last reported completely written (what a manifest may claim if the job stops now). */
+uint64_t gcd_coord_trace(const gcd_coord *c, int64_t *written);
 
 /* Checkpoints: the buckets' numbers ('COOR' record), so that a restored job gives
    every bucket the number (and its layers the ids) its saved state was made with. */

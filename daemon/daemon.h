@@ -25,6 +25,20 @@
 struct eng_bucket;
 
 #define GCD_DECLOG_LINES 4096
+#define GCD_HINT_RING 64      /* local rank 0's last hints kept for a trace recording */
+#define GCD_TRACE_DIR_MAX 400 /* longest trace directory path */
+
+/* gcd.trace.state, for gcompctl trace status. */
+enum { GCD_TRACE_IDLE, GCD_TRACE_RECORDING, GCD_TRACE_FINISHED, GCD_TRACE_FAILED };
+
+/* One hint of local rank 0 (gcd.hint_ring). */
+typedef struct gcd_hint_rec {
+    int64_t step;
+    unsigned fields;      /* GCOMP_HINT_* */
+    double lr;
+    int64_t samples;
+    bool epoch_end;
+} gcd_hint_rec;
 
 typedef struct gcd_bucket {
     /* Fixed once created; read by both threads without the lock. */
@@ -68,6 +82,8 @@ typedef struct gcd {
     int node, nodes;
     int trainers;       /* on this node */
     int total_trainers; /* in the job */
+    int first_trainer;  /* the job-wide number of local rank 0 (node-major, as GCOMP_RANK) */
+    int *node_trainers; /* [nodes]: trainers per node */
     gcd_ctl *ctl;       /* the control plane (engine thread) */
     struct gcd_live *live; /* liveness pings (liveness.h); NULL: off */
     gcd_data data;      /* the data plane (engine thread) */
@@ -106,6 +122,17 @@ typedef struct gcd {
     char policy_spec[512];      /* policy in force (for gcompctl) */
     uint64_t policy_epoch;
     int64_t policy_step;
+    gcd_hint_rec hint_ring[GCD_HINT_RING]; /* by step % GCD_HINT_RING (trace.c reads it) */
+    struct {                    /* the trace recording, as gcompctl sees it (trace.c) */
+        bool asked;             /* a trace start asked here is not decided yet */
+        int state;              /* GCD_TRACE_* */
+        uint64_t id;
+        char dir[GCD_TRACE_DIR_MAX + 1];
+        int64_t from, end;      /* steps [from, end) (end -1: until trace stop) */
+        int64_t written;        /* steps completely written on this node */
+        int64_t complete;       /* ... on every node (when finished) */
+        char error[2100];
+    } trace;
     gcd_stats stats;
     gcd_timeline *timeline;     /* --timeline, or NULL (engine thread; timeline.h) */
     gcd_metrics *metrics;       /* Prometheus metrics (any thread, its own lock; metrics.h) */

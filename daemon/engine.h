@@ -13,6 +13,8 @@
  *   policy_host.c  the policies in force: decide, collect jobs, statistics exchange,
  *                  observe, decision log, the network probe, queries
  *   checkpoint.c   gcompctl checkpoint save / gcompd --restore
+ *   trace.c        gcompctl trace start / stop: the trainers' inputs copied to a writer
+ *                  thread that writes a gcomp-trace/1 trace
  *
  * Everything here belongs to the engine thread, except where a field says a worker
  * job touches it (only while the step that owns it is in flight).
@@ -117,6 +119,7 @@ typedef struct eng_collect {
 
 struct eng_step;
 struct eng_negotiation;
+struct eng_trace;
 
 /* One training iteration on this node, as its trainers' submissions show it (the
    policies' time inputs, policy_host.c): when the first of its bucket steps was first
@@ -171,6 +174,10 @@ typedef struct engine {
     uint64_t observed_seq;    /* observations handed to the policies up to this seq */
     /* Checkpoints (checkpoint.c). */
     saved_bucket *saved;      /* from --restore, not yet adopted */
+    /* Trace recording (trace.c). */
+    ctl_wait *trace_asks;     /* trace start/stop asked here: to send, then waiting */
+    size_t ntrace, sent_trace;
+    struct eng_trace *trace;  /* the recording in progress (or whose writer finishes) */
 } engine;
 
 /* ---- loop.c ---- */
@@ -288,5 +295,26 @@ void eng_checkpoint_adopt(engine *e, eng_bucket *eb);
 void eng_checkpoint_saved_free(saved_bucket *s);
 /* Free a layer's codec state and error-feedback buffer. */
 void eng_layer_reset(eng_layer *l);
+
+/* ---- trace.c ---- */
+/* A gcompctl trace start (start: text "GLOB\nDIR", steps 0 = until stopped) or stop,
+   answered when decided. Returns 0 or GCOMP_NOMEM. */
+int eng_trace_ask(engine *e, uint64_t ctl_id, bool start, int64_t steps, const char *text);
+/* Whether the next report has something to say about recording (an ask, progress). */
+bool eng_trace_news(engine *e);
+/* Fill the report's trace fields: the next ask into *ask (glob[globlen] holds its
+   pattern), the recording's progress. Pointers stay valid until the next call. */
+void eng_trace_report(engine *e, Gcomp__NodeReport *r, Gcomp__TraceAsk *ask, char *glob,
+                      size_t globlen);
+/* Apply a decision's trace part (before its run entries). Returns 0 or GCOMP_NOMEM. */
+int eng_trace_apply(engine *e, const Gcomp__TraceDecision *td);
+/* A bucket step decided to run: copy its trainers' inputs if it is recorded. */
+void eng_trace_step(engine *e, eng_bucket *eb, int64_t step);
+/* A bucket died: a recording that still needed it fails. */
+void eng_trace_bucket_gone(engine *e, const char *bucket);
+/* Each turn: publish progress for gcompctl, reap a finished writer. */
+void eng_trace_poll(engine *e);
+/* The engine stops: flush the writer; node 0 marks an unfinished trace partial. */
+void eng_trace_shutdown(engine *e);
 
 #endif

@@ -18,6 +18,8 @@ enum gcd_event_kind {
     GCD_EV_QUERY,     /* loop -> engine: a query for the policy (text = args, '\n'-separated) */
     GCD_EV_CHECKPOINT,/* loop -> engine: save a checkpoint in text (a directory) */
     GCD_EV_UNREGISTER,/* loop -> engine: bucket is dying: drop its engine state */
+    GCD_EV_TRACE,     /* loop -> engine: trace start (status 1, step = steps, text =
+                         "GLOB\nDIR") or stop (status 0) by ctl_id */
     GCD_EV_COMPLETE,  /* engine -> loop: bucket's step finished with status/text */
     GCD_EV_CTL_REPLY, /* engine -> loop: answer ctl_id with status/text */
     GCD_EV_FREED,     /* engine -> loop: the engine is done with dying bucket: free it */

@@ -164,6 +164,7 @@ int gcd_engine_run(gcd *d)
         work |= r;
         checkpoint_if_drained(&e);
         eng_answer_queries(&e);
+        eng_trace_poll(&e);
         if (e.shutting_down && !e.in_flight && !gcd_pool_busy(e.pool) && eng_collects_done(&e)) {
             /* Every node drained alike: the statistics left are held everywhere. */
             eng_observe_through(&e, e.next_seq);
@@ -186,6 +187,7 @@ int gcd_engine_run(gcd *d)
     }
     /* Workers first: they may still touch the buckets' state. */
     gcd_pool_free(e.pool);
+    eng_trace_shutdown(&e);
     eng_pipeline_free(&e);
     for (uint32_t i = 0; i < d->nbuckets; i++)
         if (d->buckets[i])

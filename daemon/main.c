@@ -146,6 +146,8 @@ int main(int argc, char **argv)
     }
     d.started_ms = gk_now_ms();
     d.max_step = -1;
+    for (int i = 0; i < GCD_HINT_RING; i++)
+        d.hint_ring[i].step = -1;
     pthread_mutex_init(&d.mu, NULL);
     pthread_cond_init(&d.cv, NULL);
     snprintf(d.policy_spec, sizeof(d.policy_spec), "%s", d.cfg.policy);
@@ -162,8 +164,14 @@ int main(int argc, char **argv)
             if (d.node == w)
                 gcd_log_error("%s", err);
         }
+        if (w < d.node)
+            d.first_trainer += (int)counts[w];
         d.total_trainers += (int)counts[w];
     }
+    if (!rc && !(d.node_trainers = calloc((size_t)d.nodes, sizeof(int))))
+        rc = GCOMP_NOMEM;
+    for (int w = 0; !rc && w < d.nodes; w++)
+        d.node_trainers[w] = (int)counts[w];
     free(counts);
     if (!rc && gcd_stats_open(&d.stats, d.cfg.stats_file, d.node, err, sizeof(err))) {
         gcd_log_error("%s", err);
@@ -218,6 +226,7 @@ int main(int argc, char **argv)
     gcd_timeline_close(d.timeline);
     gcd_metrics_destroy(d.metrics);
     gcd_buckets_free(&d);
+    free(d.node_trainers);
     gcd_live_free(d.live);
     if (rc) {
         gcd_log_error("the engine stopped: %s; aborting the job", gcomp_strerror(rc));

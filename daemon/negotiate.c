@@ -266,6 +266,7 @@ int eng_take_events(engine *e)
                 if ((names[n->rb.nunreg] = strdup(b->name)))
                     n->rb.nunreg++;
             }
+            eng_trace_bucket_gone(e, b->name);
             eng_bucket_free(e, b);
             gcd_to_loop(d, GCD_EV_FREED, b->id, 0, 0, 0, NULL);
             break;
@@ -275,6 +276,10 @@ int eng_take_events(engine *e)
             break;
         case GCD_EV_CHECKPOINT:
             ask(&e->ckpt_asks, &e->nckpt, ev->ctl_id, ev->text);
+            break;
+        case GCD_EV_TRACE:
+            if (eng_trace_ask(e, ev->ctl_id, ev->status == 1, ev->step, ev->text))
+                gcd_to_loop(d, GCD_EV_CTL_REPLY, 0, 0, GCOMP_NOMEM, ev->ctl_id, "out of memory");
             break;
         case GCD_EV_SHUTDOWN:
             e->shutdown_asked = true;
@@ -396,6 +401,9 @@ static int build_report(engine *e, uint8_t **out, size_t *len)
         r.policy_spec = e->asks[e->sent_asks++].text;
     if (e->sent_ckpt < e->nckpt)
         r.checkpoint_dir = e->ckpt_asks[e->sent_ckpt++].text;
+    Gcomp__TraceAsk trace_ask;
+    char glob[sizeof(e->trace_asks[0].text)];
+    eng_trace_report(e, &r, &trace_ask, glob, sizeof(glob));
     *len = gcomp__node_report__get_packed_size(&r);
     *out = malloc(*len ? *len : 1);
     if (*out)
@@ -458,6 +466,7 @@ static int run_entry(engine *e, gcd_bucket *b, const Gcomp__DecisionEntry *en)
     }
     if (!eng_policy_observes(e, eb, en->step))
         eng_stats_held(e, seq);
+    eng_trace_step(e, eb, en->step);
     return eng_pipeline_start(e, eb, en->step, seq);
 }
 
@@ -497,6 +506,8 @@ static int apply_decision(engine *e, Gcomp__Decision *dec)
     if (!rc && dec->policy_spec && *dec->policy_spec && dec->policy_epoch > e->epoch)
         rc = eng_policy_switch(e, dec->policy_spec, dec->policy_epoch, dec->policy_step,
                                dec->policy_origin);
+    if (!rc && dec->trace)
+        rc = eng_trace_apply(e, dec->trace);
     for (size_t i = 0; i < dec->n_run && !rc; i++)
         rc = apply_entry(e, dec->run[i]);
     if (!rc && dec->checkpoint_dir && *dec->checkpoint_dir) {
@@ -567,7 +578,7 @@ int eng_negotiate(engine *e)
         if (e->ckpt_dir || e->shutting_down)
             return 0;
         bool news = n->rb.n || n->rb.nunreg || e->sent_asks < e->nasks ||
-                    e->sent_ckpt < e->nckpt || e->shutdown_asked ||
+                    e->sent_ckpt < e->nckpt || e->shutdown_asked || eng_trace_news(e) ||
                     e->stats_done != n->reported_observed;
         if (!news && now - n->last_ms < d->cfg.cycle_ms)
             return 0;

@@ -345,6 +345,19 @@ static void on_hint(gcd_session *s, const Gcomp__Hint *h)
     }
     if ((h->fields & GCOMP_HINT_EPOCH_END) && h->epoch_end && s->slot == 0)
         d->hints.epochs++;
+    if (s->slot == 0 && h->step >= 0) {
+        /* Kept for a trace recording (trace.c): a second hint for a step adds to it. */
+        gcd_hint_rec *r = &d->hint_ring[h->step % GCD_HINT_RING];
+        if (r->step != h->step)
+            *r = (gcd_hint_rec){.step = h->step};
+        r->fields |= h->fields & (GCOMP_HINT_LR | GCOMP_HINT_SAMPLES | GCOMP_HINT_EPOCH_END);
+        if (h->fields & GCOMP_HINT_LR)
+            r->lr = h->lr;
+        if (h->fields & GCOMP_HINT_SAMPLES)
+            r->samples = h->samples;
+        if (h->fields & GCOMP_HINT_EPOCH_END)
+            r->epoch_end = h->epoch_end;
+    }
     pthread_mutex_unlock(&d->mu);
 }
 

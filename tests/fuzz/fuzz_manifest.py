@@ -6,7 +6,8 @@ as "invalid trace") or accepted; an accepted one keeps the promises trace.load m
 counts are integers >= 1, bucket names are unique and their .npy paths stay inside the
 trace's w{worker}/s{step}/ directories, layer names are unique non-empty strings of at
 most MAX_NAME bytes without NUL, shapes have at most MAX_DIMS dimensions >= 1, a
-bucket's numel is the sum of its layers' sizes, and hints name steps of the trace. Run
+bucket's numel is the sum of its layers' sizes, hints name steps of the trace, and a
+recorded trace's trainers_per_node (if any) are counts >= 1 adding up to the workers. Run
 by pyfuzz (see there).
 """
 
@@ -47,6 +48,10 @@ def check_trace(tr):
             assert len(shape) <= trace.MAX_DIMS and all(is_count(d) for d in shape), shape
         assert b.numel == sum(math.prod(s) for _, s in b.layers), b
     assert all(isinstance(s, int) and 0 <= s < tr.steps for s in tr.hints), tr.hints
+    if tr.trainers_per_node is not None:
+        assert all(is_count(t) for t in tr.trainers_per_node), tr.trainers_per_node
+        assert sum(tr.trainers_per_node) == tr.workers, tr.trainers_per_node
+    assert isinstance(tr.complete, bool) and (tr.error is None or isinstance(tr.error, str))
 
 
 def test_one_input(data):

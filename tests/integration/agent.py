@@ -11,6 +11,8 @@ Commands (``op`` and its arguments):
 - ``connect`` socket, job_id, local_rank, timeout_ms: make the Client (-> node, nodes)
 - ``register`` name, layers ([[name, shape], ...]) -> numel
 - ``fill`` bucket, scale: data[i] = scale * (1 + i % 13)
+- ``fill_seeded`` bucket, seed: data = :func:`seeded` (numel, seed)
+- ``save`` bucket, path: np.save(path, result) (float32, npy 1.0)
 - ``submit`` bucket, step
 - ``wait`` bucket, timeout_ms -> elapsed
 - ``check`` bucket, scale: compare result with scale * (1 + i % 13) -> maxerr
@@ -31,6 +33,11 @@ import gcomp
 def pattern(numel, scale):
     """The data the tests use: scale * (1 + i % 13), float32."""
     return (scale * (1.0 + np.arange(numel) % 13)).astype(np.float32)
+
+
+def seeded(numel, seed):
+    """Gaussian float32 data from a seed (the tests know what each trainer submitted)."""
+    return np.random.default_rng(seed).standard_normal(numel).astype(np.float32)
 
 
 def main():
@@ -54,6 +61,11 @@ def main():
             elif op == "fill":
                 b = buckets[cmd["bucket"]]
                 b.data[:] = pattern(b.numel, cmd["scale"])
+            elif op == "fill_seeded":
+                b = buckets[cmd["bucket"]]
+                b.data[:] = seeded(b.numel, cmd["seed"])
+            elif op == "save":
+                np.save(cmd["path"], buckets[cmd["bucket"]].result)
             elif op == "submit":
                 buckets[cmd["bucket"]].submit(cmd["step"])
             elif op == "wait":

@@ -4,9 +4,21 @@ Usage::
 
     gcomp-replay TRACE --out OUT [--nodes N] [--codec SPEC | --policy SPEC]
                  [--timeout-ms MS] [--seed N] [--wait-timeout-ms MS] [--verbose]
+    gcomp-replay TRACE --compare SPEC [SPEC ...] [--out OUT] [--per-layer] [--json]
 
-The trace's W workers are spread over N nodes (default N = W) in contiguous blocks:
-node k runs workers [start_k, end_k), the first W % N nodes one more than the others.
+The trace's W workers are spread over N nodes in contiguous blocks: node k runs workers
+[start_k, end_k), the first W % N nodes one more than the others. N defaults to W, or for
+a trace recorded from a live job (gcompctl trace start) to the job's own nodes with its
+trainers per node, so that codec none gives the live job's results bit for bit.
+
+``--compare`` replays the trace once per SPEC (a codec spec such as
+``topk:density=0.01``, or ``policy:`` and a policy spec such as
+``policy:accordion:codec=powersgd:rank=1``) into OUT/{i} (OUT defaults to a temporary
+directory, removed afterwards) and prints one line per SPEC: the bytes node 0 sent per
+step (the stats' payload_bytes), the compression ratio (dense / sent) and the relative
+L2 error of worker 0's result against the exact mean of the workers' gradients
+(computed in float64 from the trace), over every step and layer; ``--per-layer`` adds
+the error per layer, ``--json`` prints all of it as one JSON object instead.
 Each worker is a trainer process (``python -m gcomp.replay --worker``) started by the
 gcomp-run launcher code; it registers every bucket of the manifest and, for each step,
 forwards that step's hints, loads its gradients into each bucket, submits, and waits.
@@ -18,8 +30,12 @@ which file or process), 2 for bad arguments.
 """
 
 import argparse
+import json
+import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -68,11 +84,19 @@ def _parser():
         description="Replay a gradient trace through real gcomp daemons and trainers; "
                     "write what the trainers received and the daemons' statistics.")
     p.add_argument("trace", metavar="TRACE", help="trace directory (with manifest.json)")
-    p.add_argument("--out", required=True, metavar="OUT", help="output directory")
+    p.add_argument("--out", metavar="OUT",
+                   help="output directory (required, except with --compare)")
     p.add_argument("--nodes", type=int, help="number of nodes (default: the trace's workers)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--codec", metavar="SPEC", help="static codec for every layer")
     mode.add_argument("--policy", metavar="SPEC", help="adaptive policy")
+    mode.add_argument("--compare", nargs="+", metavar="SPEC",
+                      help="replay once per SPEC (a codec spec, or policy:SPEC) and print "
+                           "bytes sent, ratio and error against the exact mean")
+    p.add_argument("--per-layer", action="store_true",
+                   help="with --compare: also the error of every layer")
+    p.add_argument("--json", action="store_true",
+                   help="with --compare: print the results as JSON")
     p.add_argument("--timeout-ms", type=int, metavar="MS", help="daemon stall timeout")
     p.add_argument("--seed", type=int, help="daemon random seed")
     p.add_argument("--wait-timeout-ms", type=int, default=120000, metavar="MS",
@@ -102,35 +126,94 @@ def main(argv=None, tools=None):
         return worker_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.out is None and not args.compare:
+        parser.error("--out OUT is required (except with --compare)")
+    if (args.per_layer or args.json) and not args.compare:
+        parser.error("--per-layer and --json go with --compare")
+    if args.compare and (args.checkpoint or args.restore):
+        parser.error("--compare replays from the start: not with --checkpoint or --restore")
     try:
         tr = trace.load(args.trace)
         tr.check_files()
     except trace.TraceError as exc:
         print(f"gcomp-replay: invalid trace: {exc}", file=sys.stderr)
         return 1
+    if not tr.complete:
+        print(f"gcomp-replay: {args.trace} is a partial trace: {tr.steps} complete steps "
+              f"({tr.error or 'it ended early'})", file=sys.stderr)
     try:
-        trainers = spread(tr.workers, args.nodes if args.nodes is not None else tr.workers)
+        if args.nodes is None and tr.trainers_per_node:
+            trainers = list(tr.trainers_per_node)
+        else:
+            trainers = spread(tr.workers, args.nodes if args.nodes is not None else tr.workers)
         first, last = parse_steps(args.steps, tr.steps)
         for name in ("backward_ms", "forward_ms"):
             if not getattr(args, name) >= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, not "
                                  f"{getattr(args, name)}")
+        specs = [parse_compare_spec(spec) for spec in args.compare or []]
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        stats = prepare_out(args.out, tr)
-    except OSError as exc:
-        print(f"gcomp-replay: cannot prepare {args.out}: {exc}", file=sys.stderr)
-        return 1
     tools = tools or launch.default_tools()
+    if not args.compare:
+        return replay_into(args, tr, trainers, first, last, args.out, args.codec, args.policy,
+                           tools)
+    root = args.out or tempfile.mkdtemp(prefix="gcomp-compare-")
+    try:
+        outs = []
+        for i, (text, codec, policy) in enumerate(specs):
+            out = os.path.join(root, str(i))
+            status = replay_into(args, tr, trainers, first, last, out, codec, policy, tools)
+            if status:
+                print(f"gcomp-replay: --compare {text}: the replay failed (see the messages "
+                      "above)", file=sys.stderr)
+                return status
+            outs.append(out)
+        try:
+            results = compare(tr, [s[0] for s in specs], outs, first, last)
+        except (OSError, ValueError, trace.TraceError) as exc:
+            print(f"gcomp-replay: reading the replays' results: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        if not args.out:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"trace": os.path.abspath(args.trace), "workers": tr.workers,
+                          "nodes": len(trainers), "steps": last - first,
+                          "results": results}, indent=1))
+    else:
+        print_table(tr, trainers, last - first, results, args.per_layer)
+    return 0
+
+
+def parse_compare_spec(text):
+    """'policy:SPEC' -> (text, None, SPEC); a codec spec -> (text, text, None)."""
+    if not text or text.isspace():
+        raise ValueError("--compare: an empty SPEC")
+    if text.startswith("policy:"):
+        policy = text[len("policy:"):]
+        if not policy:
+            raise ValueError(f"--compare {text!r}: 'policy:' needs a policy spec after it "
+                             "(e.g. policy:accordion:codec=powersgd:rank=1)")
+        return text, None, policy
+    return text, text, None
+
+
+def replay_into(args, tr, trainers, first, last, out, codec, policy, tools):
+    """One replay of steps first..last-1 into out; returns the exit status."""
+    try:
+        stats = prepare_out(out, tr)
+    except OSError as exc:
+        print(f"gcomp-replay: cannot prepare {out}: {exc}", file=sys.stderr)
+        return 1
     command = [tools.python, "-m", "gcomp.replay", "--worker", os.path.abspath(args.trace),
-               "--out", os.path.abspath(args.out),
+               "--out", os.path.abspath(out),
                "--wait-timeout-ms", str(args.wait_timeout_ms)] + \
               (["--per-worker"] if args.per_worker else []) + \
               ["--steps", f"{first}:{last}", "--backward-ms", str(args.backward_ms),
                "--forward-ms", str(args.forward_ms)]
-    job = launch.Job(command=command, trainers=trainers, codec=args.codec,
-                     policy=args.policy, stats_file=stats, timeout_ms=args.timeout_ms,
+    job = launch.Job(command=command, trainers=trainers, codec=codec,
+                     policy=policy, stats_file=stats, timeout_ms=args.timeout_ms,
                      seed=args.seed, verbose=args.verbose, checkpoint=args.checkpoint,
                      restore=args.restore)
     try:
@@ -142,6 +225,94 @@ def main(argv=None, tools=None):
         print(f"gcomp-replay: the replay failed (status {status})", file=sys.stderr)
         return status
     return 0
+
+
+def _relative(err2, ref2):
+    if ref2 > 0:
+        return math.sqrt(err2 / ref2)
+    return 0.0 if err2 == 0 else math.inf
+
+
+def compare(tr, texts, outs, first, last):
+    """Bytes, ratio and relative L2 errors (overall, per layer) of each replay in outs
+    against the exact mean of the trace's workers (float64)."""
+    n = len(outs)
+    err2 = [[[0.0] * len(b.layers) for b in tr.buckets] for _ in range(n)]
+    ref2 = [[0.0] * len(b.layers) for b in tr.buckets]
+    for step in range(first, last):
+        for bi, bucket in enumerate(tr.buckets):
+            exact = np.zeros(bucket.numel, dtype=np.float64)
+            buf = np.empty(bucket.numel, dtype=np.float32)
+            for w in range(tr.workers):
+                tr.read_into(w, step, bucket, buf)
+                exact += buf
+            exact /= tr.workers
+            got = [np.load(os.path.join(out, f"s{step}", f"{bucket.name}.npy")).astype(np.float64)
+                   for out in outs]
+            for g, out in zip(got, outs):
+                if g.shape != exact.shape:
+                    raise ValueError(f"{out}/s{step}/{bucket.name}.npy holds {g.size} elements, "
+                                     f"the bucket has {exact.size}")
+            off = 0
+            for li, (_, shape) in enumerate(bucket.layers):
+                size = math.prod(shape)
+                ref = exact[off:off + size]
+                ref2[bi][li] += float(np.dot(ref, ref))
+                for k in range(n):
+                    d = got[k][off:off + size] - ref
+                    err2[k][bi][li] += float(np.dot(d, d))
+                off += size
+    results = []
+    for k, (text, out) in enumerate(zip(texts, outs)):
+        payload = dense = 0
+        with open(os.path.join(out, "stats.jsonl")) as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    payload += rec["payload_bytes"]
+                    dense += rec["dense_bytes"]
+        layers = []
+        for bi, bucket in enumerate(tr.buckets):
+            for li, (name, _) in enumerate(bucket.layers):
+                layers.append({"bucket": bucket.name, "layer": name,
+                               "error": _relative(err2[k][bi][li], ref2[bi][li])})
+        total_err = sum(sum(row) for row in err2[k])
+        total_ref = sum(sum(row) for row in ref2)
+        results.append({"spec": text, "bytes_per_step": payload / (last - first),
+                        "dense_bytes_per_step": dense / (last - first),
+                        "ratio": dense / payload if payload else math.inf,
+                        "error": _relative(total_err, total_ref), "layers": layers})
+    return results
+
+
+def _size(nbytes):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+
+
+def print_table(tr, trainers, steps, results, per_layer):
+    """The --compare table (and the per-layer one)."""
+    numel = sum(b.numel for b in tr.buckets)
+    print(f"{tr.path}: {tr.workers} workers on {len(trainers)} nodes, {steps} steps, "
+          f"{len(tr.buckets)} buckets, {numel} parameters; error: relative L2 against the "
+          "exact mean")
+    width = max([len("spec")] + [len(r["spec"]) for r in results])
+    print(f"{'spec':<{width}}  {'bytes/step':>12}  {'ratio':>8}  {'error':>9}")
+    for r in results:
+        print(f"{r['spec']:<{width}}  {_size(r['bytes_per_step']):>12}  {r['ratio']:>8.2f}  "
+              f"{r['error']:>9.2e}")
+    if not per_layer:
+        return
+    names = [f"{x['bucket']}/{x['layer']}" for x in results[0]["layers"]]
+    lw = max(len("layer"), *(len(x) for x in names))
+    cols = [max(9, len(r["spec"])) for r in results]
+    print()
+    print(f"{'layer':<{lw}}  " + "  ".join(f"{r['spec']:>{c}}" for r, c in zip(results, cols)))
+    for i, name in enumerate(names):
+        print(f"{name:<{lw}}  " + "  ".join(f"{r['layers'][i]['error']:>{c}.2e}"
+                                            for r, c in zip(results, cols)))
 
 
 def worker_main(argv):

@@ -10,6 +10,12 @@
     TRACE/w{worker}/s{step}/{bucket}.npy   flat little-endian float32, the bucket's
                                            layers concatenated in manifest order
 
+A trace recorded from a live job (``gcompctl trace start``) adds: "trainers_per_node"
+(the job's trainers on each node: workers are numbered node-major, and gcomp-replay
+replays on that many nodes by default), "first_step" (the job's step of trace step 0),
+"recording" (true while it is being recorded), "complete" (false: it ended early or the
+daemons stopped; "steps" counts the steps completely written) and "error" (why).
+
 Every problem is reported as a :class:`TraceError` naming the file and what is wrong.
 """
 
@@ -50,6 +56,9 @@ class Trace:
     steps: int
     buckets: list
     hints: dict  # step -> {"lr": ..., "samples": ..., "epoch_end": ...}
+    trainers_per_node: list = None  # recorded traces: trainers on each node of the job
+    complete: bool = True           # recorded traces: false when it ended early
+    error: str = None               # ... and why
 
     def npy_path(self, worker, step, bucket):
         """Path of the gradients of one worker, step and bucket (a BucketSpec or name)."""
@@ -115,10 +124,27 @@ def load(path):
         _fail(mpath, "expected a JSON object")
     if manifest.get("format") != FORMAT:
         _fail(mpath, f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("recording") is True:
+        _fail(mpath, "the trace is still being recorded (gcompctl trace status tells how far "
+                     "it is; a daemon that died while recording leaves it so)")
+    error = manifest.get("error")
+    if error is not None and not isinstance(error, str):
+        _fail(mpath, f"'error' must be a string or null, got {error!r}")
+    if manifest.get("steps") == 0 and error:
+        _fail(mpath, f"no step was recorded completely: {error}")
+    complete = manifest.get("complete", True)
+    if not isinstance(complete, bool):
+        _fail(mpath, f"'complete' must be true or false, got {complete!r}")
     for key in ("workers", "steps"):
         value = manifest.get(key)
         if not _is_int(value) or value < 1:
             _fail(mpath, f"{key!r} must be an integer >= 1, got {value!r}")
+    per_node = manifest.get("trainers_per_node")
+    if per_node is not None and (not isinstance(per_node, list) or not per_node
+                                 or not all(_is_int(t) and t >= 1 for t in per_node)
+                                 or sum(per_node) != manifest["workers"]):
+        _fail(mpath, f"'trainers_per_node' must be a list of integers >= 1 adding up to the "
+                     f"{manifest['workers']} workers, got {per_node!r}")
     buckets_json = manifest.get("buckets")
     if not isinstance(buckets_json, list) or not buckets_json:
         _fail(mpath, "'buckets' must be a non-empty list")
@@ -185,7 +211,8 @@ def load(path):
             _fail(mpath, f"hints[{i}].epoch_end must be true or false, got {epoch_end!r}")
         hints[step] = {"lr": lr, "samples": samples, "epoch_end": epoch_end}
     return Trace(path=path, workers=manifest["workers"], steps=manifest["steps"],
-                 buckets=buckets, hints=hints)
+                 buckets=buckets, hints=hints, trainers_per_node=per_node,
+                 complete=complete, error=error)
 
 
 def check_npy(path, bucket):

@@ -357,6 +357,128 @@ static void test_observe_through_is_the_minimum(void **st)
     gcd_coord_free(c);
 }
 
+/* Trace recording: a start applies from the step after the highest one submitted, a
+   second start is refused naming the first, a stop sets the end, and the finish comes
+   once every node is done, with the steps complete everywhere. */
+static void test_trace_start_refuse_stop_finish(void **st)
+{
+    (void)st;
+    gcd_coord *c = gcd_coord_new(2, 60000);
+    fake_node n[2];
+    Gcomp__Decision dec;
+    Gcomp__TraceAsk start = GCOMP__TRACE_ASK__INIT, again = GCOMP__TRACE_ASK__INIT,
+                    stop = GCOMP__TRACE_ASK__INIT;
+    start.dir = "/tmp/t";
+    start.buckets = "b*";
+    again.dir = "/tmp/u";
+    again.buckets = "*";
+    stop.stop = true;
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[0].r.max_step = 4;
+    n[1].r.max_step = 5;
+    n[1].r.trace_ask = &start;
+    run(c, n, 2, &dec);
+    assert_non_null(dec.trace);
+    assert_int_equal(dec.trace->kind, GCD_TRACE_START);
+    assert_int_equal(dec.trace->id, 1);
+    assert_int_equal(dec.trace->origin, 1);
+    assert_int_equal(dec.trace->from_step, 6);
+    assert_int_equal(dec.trace->end_step, -1);
+    assert_string_equal(dec.trace->buckets, "b*");
+    gcd_coord_decision_clear(&dec);
+
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[0].r.trace_ask = &again;
+    n[0].r.trace_id = n[1].r.trace_id = 1;
+    n[0].r.trace_written = 1;
+    n[1].r.trace_written = 2;
+    n[0].r.max_step = 7;
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.trace->kind, GCD_TRACE_REFUSE);
+    assert_int_equal(dec.trace->origin, 0);
+    assert_non_null(strstr(dec.trace->error, "already recording into /tmp/t"));
+    gcd_coord_decision_clear(&dec);
+
+    int64_t written[2];
+    assert_int_equal(gcd_coord_trace(c, written), 1);
+    assert_int_equal(written[0], 1);
+    assert_int_equal(written[1], 2);
+
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[1].r.trace_ask = &stop;
+    n[0].r.trace_id = n[1].r.trace_id = 1;
+    n[0].r.max_step = 8;
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.trace->kind, GCD_TRACE_STOP);
+    assert_int_equal(dec.trace->end_step, 9);
+    gcd_coord_decision_clear(&dec);
+
+    /* Node 0 is done, node 1 not yet: nothing; then both: finished with the least. */
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[0].r.trace_id = n[1].r.trace_id = 1;
+    n[0].r.trace_written = 3;
+    n[0].r.trace_done = true;
+    n[1].r.trace_written = 2;
+    run(c, n, 2, &dec);
+    assert_null(dec.trace);
+    gcd_coord_decision_clear(&dec);
+    n[1].r.trace_written = 3;
+    n[1].r.trace_done = true;
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.trace->kind, GCD_TRACE_FINISH);
+    assert_int_equal(dec.trace->complete, 3);
+    assert_string_equal(dec.trace->error, "");
+    gcd_coord_decision_clear(&dec);
+
+    /* Nothing to stop now. */
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[0].r.trace_ask = &stop;
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.trace->kind, GCD_TRACE_REFUSE);
+    assert_non_null(strstr(dec.trace->error, "no trace is being recorded"));
+    gcd_coord_decision_clear(&dec);
+    gcd_coord_free(c);
+}
+
+/* A node's failure finishes the recording at once, naming the node. */
+static void test_trace_failure_finishes_it(void **st)
+{
+    (void)st;
+    gcd_coord *c = gcd_coord_new(2, 60000);
+    fake_node n[2];
+    Gcomp__Decision dec;
+    Gcomp__TraceAsk start = GCOMP__TRACE_ASK__INIT;
+    start.dir = "/tmp/t";
+    start.buckets = "*";
+    start.steps = 5;
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[0].r.trace_ask = &start;
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.trace->from_step, 0);
+    assert_int_equal(dec.trace->end_step, 5);
+    gcd_coord_decision_clear(&dec);
+    node_init(&n[0], 0);
+    node_init(&n[1], 1);
+    n[0].r.trace_id = n[1].r.trace_id = 1;
+    n[0].r.trace_written = 2;
+    n[1].r.trace_written = 1;
+    n[1].r.trace_done = true;
+    n[1].r.trace_error = "writing /tmp/t/w2/s1/b0.npy failed: No space left on device";
+    run(c, n, 2, &dec);
+    assert_int_equal(dec.trace->kind, GCD_TRACE_FINISH);
+    assert_int_equal(dec.trace->complete, 1);
+    assert_string_equal(dec.trace->error,
+                        "node 1: writing /tmp/t/w2/s1/b0.npy failed: No space left on device");
+    gcd_coord_decision_clear(&dec);
+    gcd_coord_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -368,6 +490,8 @@ int main(void)
         cmocka_unit_test(test_unregistered_bucket_fails_and_is_forgotten),
         cmocka_unit_test(test_bucket_numbers_unique_and_restored),
         cmocka_unit_test(test_observe_through_is_the_minimum),
+        cmocka_unit_test(test_trace_start_refuse_stop_finish),
+        cmocka_unit_test(test_trace_failure_finishes_it),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
