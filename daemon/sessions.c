@@ -81,6 +81,15 @@ static int poll_events(const gcd_session *s)
     return UV_READABLE | UV_DISCONNECT | (s->out_head ? UV_WRITABLE : 0);
 }
 
+/* A send that failed for another reason than a full socket: the peer is gone. */
+static void send_failed(gcd_session *s, int rc)
+{
+    char why[200];
+    snprintf(why, sizeof(why), "send to %s session %llu failed (%s): closing it",
+             s->ctl ? "control" : "trainer", (unsigned long long)s->id, gcomp_strerror(rc));
+    gcd_session_close(s, why);
+}
+
 /* Send queued packets while the socket takes them; poll for writable while some
    remain. */
 static void flush(gcd_session *s)
@@ -91,11 +100,7 @@ static void flush(gcd_session *s)
         if (rc == GCOMP_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         if (rc) {
-            char why[200];
-            snprintf(why, sizeof(why), "send to %s session %llu failed (%s): closing it",
-                     s->ctl ? "control" : "trainer", (unsigned long long)s->id,
-                     gcomp_strerror(rc));
-            gcd_session_close(s, why);
+            send_failed(s, rc);
             return;
         }
         s->out_head = p->next;
@@ -141,13 +146,8 @@ int gcd_session_send(gcd_session *s, const ProtobufCMessage *m, const int *fds, 
         int rc = gw_send_packet(s->fd, p->data, p->len, fds, nfds);
         if (rc != GCOMP_IO || (errno != EAGAIN && errno != EWOULDBLOCK)) {
             free(p);
-            if (rc) {
-                char why[200];
-                snprintf(why, sizeof(why), "send to %s session %llu failed (%s): closing it",
-                         s->ctl ? "control" : "trainer", (unsigned long long)s->id,
-                         gcomp_strerror(rc));
-                gcd_session_close(s, why);
-            }
+            if (rc)
+                send_failed(s, rc);
             return rc;
         }
     }

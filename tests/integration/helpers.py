@@ -356,3 +356,17 @@ class Agent:
         except OSError:
             pass
 
+
+
+def connect_agents(d, agents, trainers, layers, bucket="b0"):
+    """Agents for trainers[node] trainers on each node of daemons d, connected, each
+    having registered `bucket` with `layers`; in node order."""
+    ags = []
+    for node, count in enumerate(trainers):
+        for rank in range(count):
+            ag = agents(f"n{node}r{rank}")
+            ag.ok("connect", socket=d.sock(node), job_id=d.job_id, local_rank=rank,
+                  timeout_ms=10000)
+            ag.ok("register", name=bucket, layers=layers)
+            ags.append(ag)
+    return ags

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from helpers import PYTHON, TRAINER, Daemons, run
+from helpers import PYTHON, TRAINER, Daemons, run, connect_agents
 
 LAYERS = [["w", [128, 128]], ["bias", [128]]]  # bias: under min_elements, sent dense
 PHASES = ("wait", "sum", "prepare", "collect", "encode", "collective", "decode")
@@ -112,18 +112,6 @@ def check_histogram(samples, name, count, **labels):
     return one(samples, name + "_sum", **labels)
 
 
-def connect(d, agents, trainers):
-    ags = []
-    for node, count in enumerate(trainers):
-        for rank in range(count):
-            ag = agents(f"n{node}r{rank}")
-            ag.ok("connect", socket=d.sock(node), job_id=d.job_id, local_rank=rank,
-                  timeout_ms=10000)
-            ag.ok("register", name="b0", layers=LAYERS)
-            ags.append(ag)
-    return ags
-
-
 def steps(ags, first, last):
     for s in range(first, last):
         for ag in ags:
@@ -143,7 +131,7 @@ def test_scrape_a_running_job(tmp_path, start_daemons, agents):
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", u), u
     assert urls[0] != urls[1]
     assert all(f"metrics on {u}" in d.log() for u in urls), d.log()
-    ags = connect(d, agents, trainers)
+    ags = connect_agents(d, agents, trainers, LAYERS)
     steps(ags, 0, nsteps)
 
     scraped = {}
@@ -241,7 +229,7 @@ def test_port_plus_node(start_daemons, agents):
     port = free_port_pair()
     d = start_daemons([1, 1], codec="none",
                       extra=("--metrics-listen", f"127.0.0.1:{port}+node"))
-    ags = connect(d, agents, [1, 1])
+    ags = connect_agents(d, agents, [1, 1], LAYERS)
     steps(ags, 0, 2)
     for node in range(2):
         url = f"http://127.0.0.1:{port + node}/metrics"

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 
-from helpers import PYTHON, TRAINER, Daemons, run
+from helpers import PYTHON, TRAINER, Daemons, run, connect_agents
 
 EPS = 0.01  # us: ts and dur are printed with 3 decimals
 LAYERS = [["w", [128, 128]], ["bias", [128]]]
@@ -113,18 +113,6 @@ def e_before(a, later):
     return all(end(a) <= b["ts"] + EPS for b in later)
 
 
-def connect(d, agents, trainers):
-    ags = []
-    for node, count in enumerate(trainers):
-        for rank in range(count):
-            ag = agents(f"n{node}r{rank}")
-            ag.ok("connect", socket=d.sock(node), job_id=d.job_id, local_rank=rank,
-                  timeout_ms=10000)
-            ag.ok("register", name="b0", layers=LAYERS)
-            ags.append(ag)
-    return ags
-
-
 def steps(ags, first, last):
     for s in range(first, last):
         for ag in ags:
@@ -141,7 +129,7 @@ def test_compressed_phases_and_policy_switches(tmp_path, start_daemons, agents):
     d = start_daemons(trainers, codec=None,
                       extra=("--policy", "static:codec=topk:density=0.01,start_iter=2",
                              "--timeline", tmpl))
-    ags = connect(d, agents, trainers)
+    ags = connect_agents(d, agents, trainers, LAYERS)
     steps(ags, 0, 4)
     # While the daemons run, each file is a prefix Perfetto loads: every finished step
     # is there (flushed) and only the closing bracket is missing.
@@ -194,7 +182,7 @@ def test_compressed_phases_and_policy_switches(tmp_path, start_daemons, agents):
 def test_dense_phases(tmp_path, start_daemons, agents):
     tmpl = str(tmp_path / "dense-{node}.json")
     d = start_daemons([1, 1], codec="none", extra=("--timeline", tmpl))
-    ags = connect(d, agents, [1, 1])
+    ags = connect_agents(d, agents, [1, 1], LAYERS)
     steps(ags, 0, 3)
     res, rc = d.shutdown()
     assert rc == 0, d.log()
@@ -214,7 +202,7 @@ def test_dense_phases(tmp_path, start_daemons, agents):
 def test_without_node_only_node_0_writes(tmp_path, start_daemons, agents):
     path = str(tmp_path / "only0.json")
     d = start_daemons([1, 1], codec="none", extra=("--timeline", path))
-    ags = connect(d, agents, [1, 1])
+    ags = connect_agents(d, agents, [1, 1], LAYERS)
     steps(ags, 0, 1)
     res, rc = d.shutdown()
     assert rc == 0, d.log()
