@@ -426,9 +426,9 @@ void eng_stats_fill(engine *e, eng_bucket *eb, int64_t step, gp_instance *p, dou
     vec[tail + TAIL_EPOCHS] = (double)d->hints.epochs;
     vec[tail + TAIL_HINT_STEP] = (double)d->hints.step;
     pthread_mutex_unlock(&d->mu);
-    /* The iteration: from its first submission to the next one's (the training step as
-       the trainers run it), or, when the previous step is not known (steps numbered
-       with gaps), the time between this bucket's two ready steps. */
+    /* The iteration (the training step as the trainers run it): from the previous
+       step's first submission to this one's, or, when the previous step is not known
+       (steps numbered with gaps), the time between this bucket's two ready steps. */
     const eng_iter *it = iter_of(e, step), *prev = iter_of(e, step - 1);
     if (it && prev)
         max[MAX_STEP_MS] = (it->first_submit - prev->first_submit) * 1e3;
