@@ -3,7 +3,9 @@
  * and one worker (UCS_THREAD_MODE_SINGLE: the engine thread only), the workers'
  * addresses exchanged over the control plane at start-up, one endpoint per peer with
  * peer error handling (a peer that dies fails the requests that use it instead of
- * hanging them). UCX's own environment (UCX_TLS, UCX_NET_DEVICES...) is honoured.
+ * hanging them) where the transports have it (UCX 1.13's shared memory has not: there
+ * the endpoints go without, and the engine's deadline finds a lost peer). UCX's own
+ * environment (UCX_TLS, UCX_NET_DEVICES...) is honoured.
  *
  * Collectives:
  *  - Allreduce is a segmented ring: reduce-scatter then allgather, p - 1 steps each, over
@@ -129,12 +131,18 @@ static void on_peer_error(void *arg, ucp_ep_h ep, ucs_status_t status)
         peer->status = status;
 }
 
+static const char *env_or(const char *name, const char *def)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : def;
+}
+
 static void ucx_fini(void *priv)
 {
     ucx_priv *p = priv;
     if (!p)
         return;
-    if (p->peer) {
+    if (p->peer && p->worker) {
         /* Close every endpoint at once (forced: a peer that has gone already need not
            answer) and progress until they are closed, a bounded while. */
         void **close = calloc((size_t)p->nodes, sizeof(void *));
@@ -163,8 +171,8 @@ static void ucx_fini(void *priv)
                 break;
         }
         free(close);
-        free(p->peer);
     }
+    free(p->peer);
     if (p->worker)
         ucp_worker_destroy(p->worker);
     if (p->ctx)
@@ -270,8 +278,9 @@ static int ucx_init(gcd_ctl *ctl, int lanes, void **priv, char *err, size_t errl
     ucp_config_release(config);
     if (st != UCS_OK) {
         p->ctx = NULL;
-        snprintf(err, errlen, "ucp_init: %s (check UCX_TLS / UCX_NET_DEVICES)",
-                 ucs_status_string(st));
+        snprintf(err, errlen, "ucp_init: %s (UCX_TLS=%s, UCX_NET_DEVICES=%s)",
+                 ucs_status_string(st), env_or("UCX_TLS", "all"),
+                 env_or("UCX_NET_DEVICES", "all"));
         ucx_fini(p);
         return GCOMP_IO;
     }
@@ -289,6 +298,7 @@ static int ucx_init(gcd_ctl *ctl, int lanes, void **priv, char *err, size_t errl
         ucx_fini(p);
         return GCOMP_IO;
     }
+    bool without_errh = false;
     for (int w = 0; w < p->nodes; w++) {
         p->peer[w] = (ucx_peer){.p = p, .node = w, .status = UCS_OK};
         if (w == p->node)
@@ -300,8 +310,27 @@ static int ucx_init(gcd_ctl *ctl, int lanes, void **priv, char *err, size_t errl
             .err_mode = UCP_ERR_HANDLING_MODE_PEER,
             .err_handler = {.cb = on_peer_error, .arg = &p->peer[w]},
         };
-        if ((st = ucp_ep_create(p->worker, &ep, &p->peer[w].ep)) != UCS_OK) {
+        /* The transports UCX_TLS allows may lack peer failure handling (UCX 1.13's
+           shared memory does; UCX logs an error then): the endpoints go without it, and a
+           lost peer is found by the engine's deadline. */
+        st = UCS_OK;
+        if (!without_errh && (st = ucp_ep_create(p->worker, &ep, &p->peer[w].ep)) != UCS_OK) {
             p->peer[w].ep = NULL;
+            without_errh = true;
+            gcd_log_warn("ucx: the transports have no peer failure handling (%s with it; "
+                         "UCX_TLS=%s): a lost peer is noticed by the deadline only",
+                         ucs_status_string(st), env_or("UCX_TLS", "all"));
+        }
+        if (without_errh) {
+            ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+            ep.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
+            ucs_status_t st2 = ucp_ep_create(p->worker, &ep, &p->peer[w].ep);
+            if (st2 != UCS_OK) {
+                p->peer[w].ep = NULL;
+                st = st == UCS_OK ? st2 : st;
+            }
+        }
+        if (!p->peer[w].ep) {
             snprintf(err, errlen, "ucp_ep_create to node %d: %s", w, ucs_status_string(st));
             free(addrs);
             ucx_fini(p);
