@@ -3,9 +3,10 @@
  * and one worker (UCS_THREAD_MODE_SINGLE: the engine thread only), the workers'
  * addresses exchanged over the control plane at start-up, one endpoint per peer with
  * peer error handling (a peer that dies fails the requests that use it instead of
- * hanging them) where the transports have it (UCX 1.13's shared memory has not: there
- * the endpoints go without, and the engine's deadline finds a lost peer). UCX's own
- * environment (UCX_TLS, UCX_NET_DEVICES...) is honoured.
+ * hanging them); shared memory's error handling, off in UCX by default, is turned on
+ * unless UCX_POSIX_ERROR_HANDLING / UCX_SYSV_ERROR_HANDLING say otherwise. Where the
+ * transports have none, the endpoints go without it and the engine's deadline finds a
+ * lost peer. UCX's own environment (UCX_TLS, UCX_NET_DEVICES...) is honoured.
  *
  * Collectives:
  *  - Allreduce is a segmented ring: reduce-scatter then allgather, p - 1 steps each, over
@@ -260,6 +261,13 @@ static int ucx_init(gcd_ctl *ctl, int lanes, void **priv, char *err, size_t errl
     }
     /* The context and the worker: UCX_TLS, UCX_NET_DEVICES and the rest of UCX's
        environment apply (ucp_config_read with no prefix and no file). */
+    /* UCX 1.13 keeps shared memory out of endpoints with peer failure handling unless
+       its error handling is on (off by default, and an interface setting that
+       ucp_config_modify does not take): turn it on where the environment says nothing,
+       so peers on this host use shared memory and still fail requests when they die.
+       Before any thread of ours runs; UCX reads its environment only here. */
+    setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
+    setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
     ucp_config_t *config;
     ucs_status_t st = ucp_config_read(NULL, NULL, &config);
     if (st != UCS_OK) {
