@@ -63,23 +63,19 @@
 /* Progress calls per test() at most, so one test never runs long. */
 #define PROGRESS_ROUNDS 64
 
-typedef struct ucx_priv ucx_priv;
-
 /* One peer: its endpoint and whether UCX reported it lost. */
 typedef struct ucx_peer {
-    ucx_priv *p;
-    int node;
     ucp_ep_h ep;         /* NULL for this node */
     ucs_status_t status; /* UCS_OK until the endpoint's error handler runs */
 } ucx_peer;
 
-struct ucx_priv {
+typedef struct ucx_priv {
     int node, nodes, lanes;
     ucp_context_h ctx;
     ucp_worker_h worker;
     ucx_peer *peer;  /* [nodes] */
     uint32_t *seq;   /* [lanes]: the next collective's sequence number */
-};
+} ucx_priv;
 
 /* One UCX operation: its request while in flight. */
 typedef struct ucx_op {
@@ -123,7 +119,9 @@ static uint64_t tag_of(const gcd_dreq *r, uint64_t step, uint64_t col)
 }
 
 /* The endpoint's error handler: UCX calls it from ucp_worker_progress. Only recorded:
-   the requests that use the peer report it (test()), so a peer's orderly end is quiet. */
+   test() fails the requests in flight (every collective depends on every node; a
+   receive from a lost peer would otherwise wait for the deadline), so a peer's orderly
+   end, with nothing in flight, is quiet. */
 static void on_peer_error(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
     (void)ep;
@@ -266,8 +264,13 @@ static int ucx_init(gcd_ctl *ctl, int lanes, void **priv, char *err, size_t errl
        ucp_config_modify does not take): turn it on where the environment says nothing,
        so peers on this host use shared memory and still fail requests when they die.
        Before any thread of ours runs; UCX reads its environment only here. */
-    setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
-    setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
+    const char *tls = getenv("UCX_TLS");
+    if (!tls || tls[0] == '^' || strstr(tls, "all") || strstr(tls, "sm") ||
+        strstr(tls, "posix") || strstr(tls, "sysv") || strstr(tls, "mm")) {
+        /* Only where shared memory may be used: UCX warns of unused variables. */
+        setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
+        setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
+    }
     ucp_config_t *config;
     ucs_status_t st = ucp_config_read(NULL, NULL, &config);
     if (st != UCS_OK) {
@@ -308,7 +311,7 @@ static int ucx_init(gcd_ctl *ctl, int lanes, void **priv, char *err, size_t errl
     }
     bool without_errh = false;
     for (int w = 0; w < p->nodes; w++) {
-        p->peer[w] = (ucx_peer){.p = p, .node = w, .status = UCS_OK};
+        p->peer[w] = (ucx_peer){.status = UCS_OK};
         if (w == p->node)
             continue;
         ucp_ep_params_t ep = {
@@ -714,7 +717,16 @@ static int ucx_test(void *priv, gcd_dreq *req, bool *done)
         return req->failed;
     for (int i = 0; i < PROGRESS_ROUNDS && ucp_worker_progress(p->worker); i++)
         ;
-    int rc = req->kind == REQ_RING ? ring_test(req, done) : gather_test(req, done);
+    int rc = GCOMP_OK;
+    for (int w = 0; w < p->nodes && !rc; w++) {
+        if (p->peer[w].status != UCS_OK) {
+            gcd_log_error("ucx: lane %d: node %d was lost: %s", req->lane, w,
+                          ucs_status_string(p->peer[w].status));
+            rc = GCOMP_IO;
+        }
+    }
+    if (!rc)
+        rc = req->kind == REQ_RING ? ring_test(req, done) : gather_test(req, done);
     if (rc) {
         req->failed = rc; /* abandoned: its operations may still be in flight */
         *done = false;

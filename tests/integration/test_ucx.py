@@ -8,8 +8,8 @@
 - Codecs: allgatherv (topk), allreduce phases (powersgd), fp16/bf16 allreduces: the
   same bytes as with --transport mpi on 2 nodes (a + b either way), close on 3 nodes.
 - A daemon killed (SIGKILL) or stopped (SIGSTOP) while its UCX transfer is on the wire
-  (loopback shaped to 100 Mbit/s): the other node's trainer gets an error naming node 1
-  within the timeout, never a hang.
+  (loopback shaped to 100 Mbit/s): the other node's trainer gets an error within the
+  timeout, never a hang (naming node 1, except when mpirun takes the job down first).
 
 Skipped, with the reason, when the build has no UCX data plane.
 """
@@ -163,10 +163,15 @@ def test_node_hit_during_a_ucx_transfer_is_named(build, ucx, sig):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert not res["ok"], res
     assert "transport ucx" in res["log"], res["log"]
-    assert "node 1 stopped answering" in res["message"], res
     if sig == "STOP":
+        assert "node 1 stopped answering" in res["message"], res
         assert res["name"] == "GCOMP_STALL", res
         assert res["elapsed_s"] < timeout_ms / 1000 + 2 + 3, res
     else:
-        assert res["name"] == "GCOMP_PEER_LOST", res
+        # A dead node: UCX fails the transfer (the peer is named), or, when MPI's control
+        # plane notices first, mpirun takes the job down and node 0's trainer loses its
+        # daemon. Either way an error at once, never a hang.
+        assert res["name"] in ("GCOMP_PEER_LOST", "GCOMP_DAEMON_LOST"), res
+        if res["name"] == "GCOMP_PEER_LOST":
+            assert "node 1 stopped answering" in res["message"], res
         assert res["elapsed_s"] < 5, res
