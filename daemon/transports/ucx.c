@@ -107,7 +107,7 @@ struct gcd_dreq {
     size_t ncols, next_col;
     int active;
     ring_col slot[WINDOW];
-    char *tmp;       /* WINDOW * SEG_BYTES */
+    char *tmp;       /* one SEG_BYTES buffer per slot in use (at most WINDOW) */
     /* The gather: one send and one receive per peer. */
     int nops;
     ucx_op *ops;     /* [2 * nodes]: sends to node w at w, receives from w at nodes + w */
