@@ -12,6 +12,9 @@
 #include "gcomp_config.h"
 
 extern const gcd_data_ops gcd_data_mpi;
+#if GCOMP_HAVE_UCX
+extern const gcd_data_ops gcd_data_ucx;
+#endif
 
 /* Stubs of the transports this build lacks. */
 static int not_built(const char *name, const char *why, char *err, size_t errlen)
@@ -20,13 +23,16 @@ static int not_built(const char *name, const char *why, char *err, size_t errlen
     return GCOMP_NOT_BUILT;
 }
 
+#if !GCOMP_HAVE_UCX
 static int ucx_stub_init(gcd_ctl *ctl, int lanes, void **priv, char *err, size_t errlen)
 {
     (void)ctl;
     (void)lanes;
     (void)priv;
-    return not_built("ucx", "no UCX data plane in this build", err, errlen);
+    return not_built("ucx", "no UCX data plane in this build: configure with libucx-dev "
+                     "installed, -Ducx=enabled", err, errlen);
 }
+#endif
 
 static int nccl_stub_init(gcd_ctl *ctl, int lanes, void **priv, char *err, size_t errlen)
 {
@@ -43,12 +49,14 @@ static bool stub_moves(void *priv, gk_mem mem)
     return false;
 }
 
+#if !GCOMP_HAVE_UCX
 static const gcd_data_ops ucx_stub = {
     .name = "ucx",
     .summary = "UCX host-memory data plane (not built in)",
     .init = ucx_stub_init,
     .moves = stub_moves,
 };
+#endif
 
 static const gcd_data_ops nccl_stub = {
     .name = "nccl",
@@ -59,7 +67,11 @@ static const gcd_data_ops nccl_stub = {
 
 const gcd_data_ops *const gcd_data_transports[] = {
     &gcd_data_mpi,
+#if GCOMP_HAVE_UCX
+    &gcd_data_ucx,
+#else
     &ucx_stub,
+#endif
     &nccl_stub,
 };
 

@@ -5,6 +5,8 @@ for a shaped loopback (tbf, default 1gbit) and an unshaped one:
 
   MPI_Allreduce of the same bytes | gcomp none | gcomp PowerSGD rank 4 | gcomp Top-K 1% |
   gcomp perfmodel (candidates none, powersgd:rank=4, topk:density=0.01) |
+  gcomp none (ucx) | gcomp powersgd:rank=4 (ucx) (when built: the UCX data plane on TCP
+  over the same loopback, UCX_TLS=tcp,self UCX_NET_DEVICES=lo) |
   PyTorch DDP (gloo) | DDP + its PowerSGD hook rank 4 (one DDP bucket)
 
 Everything runs inside a private network namespace (run this under `unshare -n`, as
@@ -64,9 +66,16 @@ def mpi_row(b, env, steps):
     return last_json(out)["mpi_ms"]
 
 
-def gcomp_row(b, env, steps, mode, spec, warmup=3):
+def has_ucx(b):
+    """Whether gcompd has the UCX data plane built in (gcompd --help lists it)."""
+    out = subprocess.run([f"{b}/daemon/gcompd", "--help"], stdout=subprocess.PIPE,
+                         text=True).stdout
+    return any(l.split()[:1] == ["ucx"] and "(not built in)" not in l for l in out.splitlines())
+
+
+def gcomp_row(b, env, steps, mode, spec, warmup=3, transport=()):
     out = run([f"{b}/deploy/gcomp-run", "--nodes", "2", "--trainers-per-node", "1", mode, spec,
-               "--", PYTHON, os.path.join(HERE, "link_trainer.py"), "--steps", str(steps),
+               *transport, "--", PYTHON, os.path.join(HERE, "link_trainer.py"), "--steps", str(steps),
                "--warmup", str(warmup)], env)
     return last_json(out)["step_ms"]
 
@@ -111,6 +120,16 @@ def main():
             ("gcomp perfmodel", lambda s: gcomp_row(
                 b, env, s, "--policy", "perfmodel:candidate=none,candidate=powersgd:rank=4,"
                 "candidate=topk:density=0.01", warmup=PERFMODEL_WARMUP))]
+    if has_ucx(b):
+        # UCX on TCP over the shaped loopback, like MPI above.
+        uenv = dict(env, UCX_TLS="tcp,self", UCX_NET_DEVICES="lo")
+        ucx = ("--transport", "ucx")
+        rows += [("gcomp none (ucx)", lambda s: gcomp_row(b, uenv, s, "--codec", "none",
+                                                          transport=ucx)),
+                 ("gcomp powersgd:rank=4 (ucx)", lambda s: gcomp_row(
+                     b, uenv, s, "--codec", "powersgd:rank=4", transport=ucx))]
+    else:
+        print("(no UCX data plane in this build: no ucx rows)", file=sys.stderr)
     if have_torch:
         rows += [("PyTorch DDP (gloo)", lambda s: ddp_row(env, s, 0)),
                  ("DDP + PowerSGD hook rank 4", lambda s: ddp_row(env, s, 4))]
@@ -135,6 +154,9 @@ def main():
             line += f"; DDP PowerSGD hook / gcomp PowerSGD = {res[(r, 'DDP + PowerSGD hook rank 4')] / psgd:.1f}x"
         best = min(res[(r, n)] for n in ("gcomp none", "gcomp powersgd:rank=4", "gcomp topk:density=0.01"))
         line += f"; perfmodel / best static = {res[(r, 'gcomp perfmodel')] / best:.2f}"
+        if (r, "gcomp none (ucx)") in res:
+            line += (f"; none ucx/mpi = {res[(r, 'gcomp none (ucx)')] / none:.2f}, powersgd "
+                     f"ucx/mpi = {res[(r, 'gcomp powersgd:rank=4 (ucx)')] / psgd:.2f}")
         print(line)
     if a.json:
         with open(a.json, "w") as f:

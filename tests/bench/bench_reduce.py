@@ -2,7 +2,8 @@
 """Reduction benchmark: gcomp's exact path against its baselines, measured in one run.
 
   1. reduction: gcomp (N daemons, 1 trainer each, codec none) vs MPI_Allreduce of the
-     same bytes on N ranks;
+     same bytes on N ranks, on the MPI data plane and (when built) on the UCX one
+     (--transport ucx, UCX's default transports unless UCX_TLS says otherwise);
   2. handoff: gcomp on one node with one trainer (submit -> daemon -> result) vs a
      memcpy of the bucket in the trainer.
 
@@ -21,6 +22,13 @@ def run_json(cmd, env=None):
     return {r["mb"]: r for r in (json.loads(l) for l in out.splitlines() if l.startswith("{"))}
 
 
+def has_ucx(build):
+    """Whether gcompd has the UCX data plane built in (gcompd --help lists it)."""
+    out = subprocess.run([f"{build}/daemon/gcompd", "--help"], stdout=subprocess.PIPE,
+                         text=True).stdout
+    return any(l.split()[:1] == ["ucx"] and "(not built in)" not in l for l in out.splitlines())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build")
@@ -36,16 +44,23 @@ def main():
     run = [f"{b}/deploy/gcomp-run", "--raw-output", "--trainers-per-node", "1", "--"]
     trainer = [f"{b}/tests/bench/bench_trainer", str(a.iters), *sizes]
     multi = run_json([run[0], "--nodes", str(a.nodes), *run[1:], *trainer])
+    ucx = (run_json([run[0], "--nodes", str(a.nodes), "--transport", "ucx", *run[1:], *trainer])
+           if has_ucx(b) else None)
     single = run_json([run[0], "--nodes", "1", *run[1:], *trainer])
 
     print(f"gcomp exact reduction, {a.nodes} nodes x 1 trainer, median of {a.iters} "
           f"(ratios < 1 are faster than the baseline)")
+    if not ucx:
+        print("(no UCX data plane in this build: no gcomp none (ucx) column)")
     print(f"{'MB':>6} | {'MPI_Allreduce ms':>16} {'gcomp ms':>10} {'ratio':>6} | "
-          f"{'memcpy ms':>9} {'handoff ms':>10} {'ratio':>6}")
+          + (f"{'gcomp none (ucx) ms':>19} {'ratio':>6} | " if ucx else "")
+          + f"{'memcpy ms':>9} {'handoff ms':>10} {'ratio':>6}")
     for s in a.sizes:
         m, g, h = mpi[s], multi[s], single[s]
+        u = (f"{ucx[s]['gcomp_ms']:19.3f} {ucx[s]['gcomp_ms'] / m['mpi_ms']:6.2f} | "
+             if ucx else "")
         print(f"{s:6g} | {m['mpi_ms']:16.3f} {g['gcomp_ms']:10.3f} {g['gcomp_ms'] / m['mpi_ms']:6.2f} | "
-              f"{h['memcpy_ms']:9.3f} {h['gcomp_ms']:10.3f} {h['gcomp_ms'] / h['memcpy_ms']:6.2f}")
+              f"{u}{h['memcpy_ms']:9.3f} {h['gcomp_ms']:10.3f} {h['gcomp_ms'] / h['memcpy_ms']:6.2f}")
     return 0
 
 

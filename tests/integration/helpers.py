@@ -114,6 +114,18 @@ def wait_for_files(paths, timeout, proc=None, what="files"):
         time.sleep(0.05)
 
 
+def transport_missing(build, name):
+    """None if gcompd has the data transport `name` built in, else why not (for a skip)."""
+    out = subprocess.run([build.gcompd, "--help"], capture_output=True, text=True,
+                         timeout=30).stdout
+    line = [ln for ln in out.split("transports (")[-1].splitlines() if ln.split()[:1] == [name]]
+    if not line:
+        return f"gcompd knows no transport '{name}'"
+    if "(not built in)" in line[0]:
+        return f"this build has no {name} data plane (gcompd --help: {line[0].strip()})"
+    return None
+
+
 def mpirun_base():
     argv = ["mpirun"]
     if os.getuid() == 0:
@@ -194,14 +206,18 @@ def kill_session(sid, grace=2.0):
 class Daemons:
     """gcompd on `nodes` emulated nodes under one mpirun, started directly (no launcher)."""
 
-    def __init__(self, build, trainers, codec="none", timeout_ms=None, extra=(), logdir=None):
+    def __init__(self, build, trainers, codec="none", timeout_ms=None, extra=(), logdir=None,
+                 env=None):
+        """env: variables for the daemons (UCX_TLS...), passed through mpirun (-x)."""
         self.build = build
         self.trainers = list(trainers)
         self.nodes = len(self.trainers)
         self.dir = tempfile.mkdtemp(prefix="gct-", dir="/tmp")
         self.job_id = "test-" + secrets.token_hex(6)
         self.logpath = os.path.join(logdir or self.dir, f"daemons-{self.job_id}.log")
-        argv = mpirun_base() + ["-np", str(self.nodes), "setpriv", "--pdeathsig", "KILL", "--",
+        env = {k: str(v) for k, v in (env or {}).items()}
+        argv = mpirun_base() + [a for k in env for a in ("-x", k)]
+        argv += ["-np", str(self.nodes), "setpriv", "--pdeathsig", "KILL", "--",
                                 build.gcompd, "--dir", self.dir,
                                 "--job-id", self.job_id,
                                 "--trainers", ",".join(map(str, self.trainers))]
@@ -213,7 +229,7 @@ class Daemons:
         self.argv = argv
         self._log = open(self.logpath, "wb")
         self.proc = popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                          stderr=subprocess.STDOUT, env=build.env())
+                          stderr=subprocess.STDOUT, env=build.env(**env))
 
     def sock(self, node=0):
         return os.path.join(self.dir, f"node{node}.sock")

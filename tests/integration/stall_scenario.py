@@ -4,7 +4,10 @@ shape the loopback, start 2 daemons whose MPI uses TCP over it, start a large ex
 and stop (SIGSTOP) or kill (SIGKILL) node 1's daemon while the data is on the wire.
 Prints one JSON line: what node 0's trainer got and how long it took.
 
-    stall_scenario.py RATE TIMEOUT_MS STOP|KILL"""
+    stall_scenario.py RATE TIMEOUT_MS STOP|KILL [TRANSPORT]
+
+With TRANSPORT ucx the data plane is UCX on TCP over the same loopback (UCX_TLS=tcp,self,
+UCX_NET_DEVICES=lo); the control plane stays MPI."""
 
 import json
 import os
@@ -22,13 +25,16 @@ import gcomp  # noqa: E402
 
 def main():
     rate, timeout_ms, sig = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    transport = sys.argv[4] if len(sys.argv) > 4 else "mpi"
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate, "burst",
                     "256kb", "latency", "50ms"], check=True)
     os.environ.update(OMPI_MCA_pml="ob1", OMPI_MCA_btl="tcp,self", OMPI_MCA_btl_tcp_if_include="lo",
                       OMPI_MCA_oob_tcp_if_include="lo")
     build = Build(os.environ["GCOMP_BUILD_DIR"])
-    d = Daemons(build, [1, 1], codec="none", timeout_ms=timeout_ms)
+    env = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "lo"} if transport == "ucx" else None
+    d = Daemons(build, [1, 1], codec="none", timeout_ms=timeout_ms,
+                extra=["--transport", transport], env=env)
     result = {}
     try:
         d.wait_ready(60)

@@ -10,7 +10,7 @@ import pytest
 
 import gcomp
 
-from helpers import mpirun_base
+from helpers import mpirun_base, transport_missing
 
 
 def clients(d, trainers):
@@ -59,13 +59,18 @@ def run_steps(cs, nbuckets, steps, seed):
     return results, inputs
 
 
-@pytest.mark.parametrize("lanes,threads", [(4, 0), (1, 1), (7, 3)])
-def test_many_buckets_out_of_order_are_exact(build, start_daemons, tmp_path, lanes, threads):
+@pytest.mark.parametrize("lanes,threads,transport", [(4, 0, "mpi"), (1, 1, "mpi"), (7, 3, "mpi"),
+                                                     (7, 0, "ucx")])
+def test_many_buckets_out_of_order_are_exact(build, start_daemons, tmp_path, lanes, threads,
+                                             transport):
+    why = transport_missing(build, transport)
+    if why:
+        pytest.skip(why)
     trainers = [2, 2]
     stats = tmp_path / "stats-{node}.jsonl"
     d = start_daemons(trainers, codec="none",
                       extra=["--lanes", str(lanes), "--threads", str(threads),
-                             "--stats-file", str(stats)])
+                             "--stats-file", str(stats), "--transport", transport])
     cs = clients(d, trainers)
     try:
         nb, steps = 40, 3
@@ -87,13 +92,18 @@ def test_many_buckets_out_of_order_are_exact(build, start_daemons, tmp_path, lan
         assert all(rec[key] >= 0 for rec in lines), key
 
 
-@pytest.mark.parametrize("codec", ["topk:density=0.1", "powersgd:rank=2", "signsgd",
-                                   "dgc:density=0.05"])
-def test_many_buckets_same_result_on_every_node(build, start_daemons, codec):
+@pytest.mark.parametrize("codec,transport", [("topk:density=0.1", "mpi"), ("powersgd:rank=2", "mpi"),
+                                             ("signsgd", "mpi"), ("dgc:density=0.05", "mpi"),
+                                             ("dgc:density=0.05", "ucx")])
+def test_many_buckets_same_result_on_every_node(build, start_daemons, codec, transport):
     """Lossy codecs with several groups and phases per bucket, many buckets in flight:
     every trainer of every node gets the same bytes, every step."""
+    why = transport_missing(build, transport)
+    if why:
+        pytest.skip(why)
     trainers = [1, 2]
-    d = start_daemons(trainers, codec=codec + ",min_elements=64")
+    d = start_daemons(trainers, codec=codec + ",min_elements=64",
+                      extra=["--transport", transport])
     cs = clients(d, trainers)
     try:
         results, _ = run_steps(cs, 24, 3, seed=5)
