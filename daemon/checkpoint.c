@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt.h"
 #include "engine.h"
 #include "log.h"
 
@@ -183,7 +184,9 @@ int eng_checkpoint_bucket_load(gk_reader *r, saved_bucket **out)
             !gk_get_u64(r, &numel) || !gk_get_u64(r, &rows) || !gk_get_u64(r, &cols) ||
             !gk_get_u32(r, &ndim) || !gk_get_u64(r, &id))
             break;
-        if (numel > GCD_MAX_NUMEL || rows * cols != numel || ndim < 1 || ndim > GCOMP_MAX_DIMS) {
+        /* rows and cols each at most numel, so that rows * cols cannot wrap around. */
+        if (numel > GCD_MAX_NUMEL || rows > numel || cols > numel || rows * cols != numel ||
+            ndim < 1 || ndim > GCOMP_MAX_DIMS) {
             gk_reader_fail(r, "bucket '%s' layer %u: bad geometry", s->name, i);
             break;
         }
@@ -197,16 +200,19 @@ int eng_checkpoint_bucket_load(gk_reader *r, saved_bucket **out)
             l->has_spec = true;
         }
         l->compressed = comp;
-        if (!gk_get_u8(r, &has_x))
-            break;
-        if (has_x && !(l->x = malloc(numel * sizeof(float)))) {
-            gk_reader_fail(r, "out of memory for bucket '%s' layer %u", s->name, i);
-            break;
-        }
-        if (has_x && !gk_get_f32s(r, l->x, numel))
+        /* x grows with what was read (gp_ckpt_get_f32s_new): a file that claims a huge
+           layer and ends early does not make gcompd allocate the layer first. */
+        if (!gk_get_u8(r, &has_x) || (has_x && !gp_ckpt_get_f32s_new(r, numel, &l->x)))
             break;
         if (!gk_get_u8(r, &has_state))
             break;
+        /* gcompd keeps a codec state only with its error-feedback buffer (gk_layer_respec),
+           which bounds what state_new allocates by what was read. */
+        if (has_state && !has_x) {
+            gk_reader_fail(r, "bucket '%s' layer %u: a codec state without its "
+                           "error-feedback buffer", s->name, i);
+            break;
+        }
         if (has_state) {
             const gk_codec *c = l->has_spec ? l->spec.codec : NULL;
             if (!c || !c->state_new || !c->state_load) {
