@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt.h"
 #include "engine.h"
 #include "log.h"
 
@@ -36,14 +37,14 @@ void eng_layer_reset(eng_layer *l)
     l->x = NULL;
 }
 
-static int save_bucket(gk_writer *w, const gcd_bucket *b)
+int eng_checkpoint_bucket_save(gk_writer *w, const char *name, uint32_t uid, size_t n,
+                               const eng_layer *layers)
 {
-    const eng_bucket *eb = b->eng;
-    gk_put_str(w, b->name);
-    gk_put_u32(w, eb->uid);
-    gk_put_u32(w, (uint32_t)b->layout.n);
-    for (size_t i = 0; i < b->layout.n && !w->failed; i++) {
-        const eng_layer *l = &eb->layers[i];
+    gk_put_str(w, name);
+    gk_put_u32(w, uid);
+    gk_put_u32(w, (uint32_t)n);
+    for (size_t i = 0; i < n && !w->failed; i++) {
+        const eng_layer *l = &layers[i];
         char spec[512] = "";
         if (l->has_spec)
             gk_spec_format(&l->spec, spec, sizeof(spec));
@@ -65,6 +66,22 @@ static int save_bucket(gk_writer *w, const gcd_bucket *b)
     return w->failed ? GCOMP_IO : GCOMP_OK;
 }
 
+int eng_checkpoint_put_head(gk_writer *w, int node, int nodes, const gp_instance *p,
+                            uint64_t epoch, int64_t from_step)
+{
+    const gp_policy *pol = p->policy;
+    gk_put_tag(w, CKPT_TAG, CKPT_VERSION);
+    gk_put_u32(w, (uint32_t)node);
+    gk_put_u32(w, (uint32_t)nodes);
+    gk_put_str(w, p->spec);
+    gk_put_u64(w, epoch);
+    gk_put_i64(w, from_step);
+    gk_put_u8(w, pol->save != NULL);
+    if (w->failed)
+        return GCOMP_IO;
+    return pol->save ? pol->save(p->state, w) : GCOMP_OK;
+}
+
 static int write_checkpoint(engine *e, const char *dir, char *msg, size_t len)
 {
     gcd *d = e->d;
@@ -82,17 +99,7 @@ static int write_checkpoint(engine *e, const char *dir, char *msg, size_t len)
     }
     gk_writer w = {.f = f};
     const policy_slot *ps = &e->pol[e->npol - 1];
-    const gp_policy *pol = ps->p->policy;
-    gk_put_tag(&w, CKPT_TAG, CKPT_VERSION);
-    gk_put_u32(&w, (uint32_t)d->node);
-    gk_put_u32(&w, (uint32_t)d->nodes);
-    gk_put_str(&w, ps->p->spec);
-    gk_put_u64(&w, e->epoch);
-    gk_put_i64(&w, ps->from_step);
-    gk_put_u8(&w, pol->save != NULL);
-    int rc = w.failed ? GCOMP_IO : GCOMP_OK;
-    if (!rc && pol->save)
-        rc = pol->save(ps->p->state, &w);
+    int rc = eng_checkpoint_put_head(&w, d->node, d->nodes, ps->p, e->epoch, ps->from_step);
     if (!rc && d->node == 0)
         rc = gcd_coord_save(e->coord, &w);
     /* The engine state of live buckets; only the loop frees buckets, and only after the
@@ -109,7 +116,8 @@ static int write_checkpoint(engine *e, const char *dir, char *msg, size_t len)
     if (!rc && !gk_put_u32(&w, count))
         rc = GCOMP_IO;
     for (uint32_t i = 0; i < count && !rc; i++)
-        rc = save_bucket(&w, live[i]);
+        rc = eng_checkpoint_bucket_save(&w, live[i]->name, live[i]->eng->uid,
+                                        live[i]->layout.n, live[i]->eng->layers);
     free(live);
     if (fclose(f) != 0 && !rc)
         rc = GCOMP_IO;
@@ -150,8 +158,8 @@ void eng_checkpoint_saved_free(saved_bucket *s)
     free(s);
 }
 
-/* Read one bucket's layers: spec, geometry, error-feedback buffer, codec state. */
-static int load_bucket(gk_reader *r, saved_bucket **out)
+/* One bucket's layers: spec, geometry, error-feedback buffer, codec state. */
+int eng_checkpoint_bucket_load(gk_reader *r, saved_bucket **out)
 {
     saved_bucket *s = calloc(1, sizeof(*s));
     uint32_t n;
@@ -176,7 +184,9 @@ static int load_bucket(gk_reader *r, saved_bucket **out)
             !gk_get_u64(r, &numel) || !gk_get_u64(r, &rows) || !gk_get_u64(r, &cols) ||
             !gk_get_u32(r, &ndim) || !gk_get_u64(r, &id))
             break;
-        if (numel > GCD_MAX_NUMEL || rows * cols != numel || ndim < 1 || ndim > GCOMP_MAX_DIMS) {
+        /* rows and cols each at most numel, so that rows * cols cannot wrap around. */
+        if (numel > GCD_MAX_NUMEL || rows > numel || cols > numel || rows * cols != numel ||
+            ndim < 1 || ndim > GCOMP_MAX_DIMS) {
             gk_reader_fail(r, "bucket '%s' layer %u: bad geometry", s->name, i);
             break;
         }
@@ -190,16 +200,19 @@ static int load_bucket(gk_reader *r, saved_bucket **out)
             l->has_spec = true;
         }
         l->compressed = comp;
-        if (!gk_get_u8(r, &has_x))
-            break;
-        if (has_x && !(l->x = malloc(numel * sizeof(float)))) {
-            gk_reader_fail(r, "out of memory for bucket '%s' layer %u", s->name, i);
-            break;
-        }
-        if (has_x && !gk_get_f32s(r, l->x, numel))
+        /* x grows with what was read (gp_ckpt_get_f32s_new): a file that claims a huge
+           layer and ends early does not make gcompd allocate the layer first. */
+        if (!gk_get_u8(r, &has_x) || (has_x && !gp_ckpt_get_f32s_new(r, numel, &l->x)))
             break;
         if (!gk_get_u8(r, &has_state))
             break;
+        /* gcompd keeps a codec state only with its error-feedback buffer (gk_layer_respec),
+           which bounds what state_new allocates by what was read. */
+        if (has_state && !has_x) {
+            gk_reader_fail(r, "bucket '%s' layer %u: a codec state without its "
+                           "error-feedback buffer", s->name, i);
+            break;
+        }
         if (has_state) {
             const gk_codec *c = l->has_spec ? l->spec.codec : NULL;
             if (!c || !c->state_new || !c->state_load) {
@@ -222,17 +235,87 @@ static int load_bucket(gk_reader *r, saved_bucket **out)
     return GCOMP_OK;
 }
 
+void eng_ckpt_clear(eng_ckpt *c)
+{
+    gp_instance_destroy(c->policy);
+    while (c->saved) {
+        saved_bucket *s = c->saved;
+        c->saved = s->next;
+        eng_checkpoint_saved_free(s);
+    }
+    *c = (eng_ckpt){0};
+}
+
+int eng_checkpoint_parse(gk_reader *r, int node, int nodes, gcd_coord *coord,
+                         eng_policy_maker make, void *ctx, eng_ckpt *out, char *err,
+                         size_t errlen)
+{
+    uint32_t fnode, fnodes;
+    uint8_t has_pstate;
+    int rc = GCOMP_PROTOCOL;
+    *out = (eng_ckpt){0};
+    err[0] = '\0';
+    if (!gk_get_tag(r, CKPT_TAG, CKPT_VERSION, NULL) || !gk_get_u32(r, &fnode) ||
+        !gk_get_u32(r, &fnodes) || !gk_get_str(r, out->spec, sizeof(out->spec)) ||
+        !gk_get_u64(r, &out->epoch) || !gk_get_i64(r, &out->from_step) ||
+        !gk_get_u8(r, &has_pstate))
+        goto out;
+    if ((int)fnode != node || (int)fnodes != nodes) {
+        snprintf(err, errlen, "made by node %u of %u, this is node %d of %d", fnode, fnodes,
+                 node, nodes);
+        goto out;
+    }
+    if (make(ctx, out->spec, &out->policy, err, errlen)) {
+        if (!err[0])
+            snprintf(err, errlen, "policy '%.200s' cannot be made", out->spec);
+        goto out;
+    }
+    if (has_pstate && (!out->policy->policy->load ||
+                       out->policy->policy->load(out->policy->state, r))) {
+        snprintf(err, errlen, "the state of policy '%.200s' does not load%s%s", out->spec,
+                 r->failed ? ": " : "", r->failed ? r->err : "");
+        goto out;
+    }
+    if (node == 0 && (rc = gcd_coord_load(coord, r)) != GCOMP_OK)
+        goto out;
+    rc = GCOMP_PROTOCOL;
+    if (!gk_get_u32(r, &out->nsaved))
+        goto out;
+    for (uint32_t i = 0; i < out->nsaved; i++) {
+        saved_bucket *s;
+        if ((rc = eng_checkpoint_bucket_load(r, &s)) != GCOMP_OK)
+            goto out;
+        s->next = out->saved;
+        out->saved = s;
+    }
+    rc = GCOMP_OK;
+out:
+    if (rc) {
+        if (!err[0])
+            snprintf(err, errlen, "%s", r->failed ? r->err : gcomp_strerror(rc));
+        eng_ckpt_clear(out);
+    }
+    return rc;
+}
+
+/* eng_checkpoint_parse's policy maker in the daemon. */
+static int make_policy(void *ctx, const char *spec, gp_instance **out, char *err,
+                       size_t errlen)
+{
+    return eng_policy_make(ctx, spec, out, err, errlen);
+}
+
 int eng_checkpoint_read(engine *e, const char *dir, gp_instance **policy)
 {
     gcd *d = e->d;
-    char path[1024], spec[512], err[512] = "";
+    char path[1024], err[512] = "";
     snprintf(path, sizeof(path), "%s/node%d.ckpt", dir, d->node);
+    *policy = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) {
         gcd_log_error("--restore: cannot read %s: %m", path);
         return GCOMP_IO;
     }
-    gk_reader r = {.f = f};
     char head[8] = "";
     if (fread(head, 1, 8, f) == 8 && memcmp(head, "GCOMPCK1", 8) == 0) {
         gcd_log_error("--restore %s: made by an older gcompd (format GCOMPCK1, raw structs); "
@@ -242,55 +325,29 @@ int eng_checkpoint_read(engine *e, const char *dir, gp_instance **policy)
         return GCOMP_VERSION;
     }
     rewind(f);
-    uint32_t node, nodes, count;
-    uint64_t epoch;
-    int64_t from;
-    uint8_t has_pstate;
-    int rc = GCOMP_PROTOCOL;
-    *policy = NULL;
-    if (!gk_get_tag(&r, CKPT_TAG, CKPT_VERSION, NULL) || !gk_get_u32(&r, &node) ||
-        !gk_get_u32(&r, &nodes) || !gk_get_str(&r, spec, sizeof(spec)) ||
-        !gk_get_u64(&r, &epoch) || !gk_get_i64(&r, &from) || !gk_get_u8(&r, &has_pstate))
-        goto out;
-    if ((int)node != d->node || (int)nodes != d->nodes) {
-        snprintf(err, sizeof(err), "made by node %u of %u, this is node %d of %d", node, nodes,
-                 d->node, d->nodes);
-        goto out;
-    }
-    e->epoch = epoch;
-    if (eng_policy_make(e, spec, policy, err, sizeof(err)))
-        goto out;
-    if (has_pstate && (!(*policy)->policy->load || (*policy)->policy->load((*policy)->state, &r))) {
-        snprintf(err, sizeof(err), "the state of policy '%.200s' does not load%s%s", spec,
-                 r.failed ? ": " : "", r.failed ? r.err : "");
-        goto out;
-    }
-    if (d->node == 0 && gcd_coord_load(e->coord, &r))
-        goto out;
-    if (!gk_get_u32(&r, &count))
-        goto out;
-    for (uint32_t i = 0; i < count; i++) {
-        saved_bucket *s;
-        if (load_bucket(&r, &s))
-            goto out;
-        s->next = e->saved;
-        e->saved = s;
-    }
-    pthread_mutex_lock(&d->mu);
-    snprintf(d->policy_spec, sizeof(d->policy_spec), "%s", spec);
-    d->policy_epoch = e->epoch;
-    d->policy_step = from;
-    pthread_mutex_unlock(&d->mu);
-    gcd_log_info("restored %u bucket(s) and policy '%s' from %s", count, spec, path);
-    rc = GCOMP_OK;
-out:
-    if (rc) {
-        gcd_log_error("--restore %s: %s", path, err[0] ? err : r.failed ? r.err : "corrupt");
-        gp_instance_destroy(*policy);
-        *policy = NULL;
-    }
+    gk_reader r = {.f = f};
+    eng_ckpt c;
+    int rc = eng_checkpoint_parse(&r, d->node, d->nodes, e->coord, make_policy, e, &c, err,
+                                  sizeof(err));
     fclose(f);
-    return rc;
+    if (rc) {
+        gcd_log_error("--restore %s: %s", path, err);
+        return rc;
+    }
+    e->epoch = c.epoch;
+    saved_bucket **tail = &c.saved;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = e->saved;
+    e->saved = c.saved;
+    *policy = c.policy;
+    pthread_mutex_lock(&d->mu);
+    snprintf(d->policy_spec, sizeof(d->policy_spec), "%s", c.spec);
+    d->policy_epoch = c.epoch;
+    d->policy_step = c.from_step;
+    pthread_mutex_unlock(&d->mu);
+    gcd_log_info("restored %u bucket(s) and policy '%s' from %s", c.nsaved, c.spec, path);
+    return GCOMP_OK;
 }
 
 void eng_checkpoint_adopt(engine *e, eng_bucket *eb)

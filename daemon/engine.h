@@ -290,6 +290,47 @@ void eng_checkpoint_take(engine *e, const char *dir, int origin);
 /* Read DIR/node{k}.ckpt at start-up: *policy gets the policy in force, the buckets'
    layers wait in e->saved until their bucket first runs. */
 int eng_checkpoint_read(engine *e, const char *dir, gp_instance **policy);
+
+/* What a checkpoint file holds (eng_checkpoint_parse). */
+typedef struct eng_ckpt {
+    char spec[512];        /* the policy in force */
+    uint64_t epoch;        /* its epoch */
+    int64_t from_step;     /* the step it applies from */
+    gp_instance *policy;   /* made from spec, with its saved state loaded if it saved one */
+    uint32_t nsaved;
+    saved_bucket *saved;   /* the nsaved buckets, the last one read first */
+} eng_ckpt;
+
+/* Make the policy a checkpoint names (the engine: eng_policy_make). Returns 0 or a
+   negative gcomp status with a message in err. */
+typedef int (*eng_policy_maker)(void *ctx, const char *spec, gp_instance **out, char *err,
+                                size_t errlen);
+
+/*
+ * The byte-level reading of a checkpoint file, from its first byte (its format is in
+ * checkpoint.c), for node `node` of `nodes`: the policy is made by make(ctx, ...) and its
+ * state loaded; node 0's coordinator record goes into coord (node 0 only; may be NULL on
+ * other nodes). Returns 0 with *out filled (eng_ckpt_clear frees it), or a negative status
+ * (GCOMP_PROTOCOL for a file of another format, version, job shape or content, GCOMP_NOMEM)
+ * with a message in err and *out empty; coord may then hold part of its record. Any thread
+ * (the engine's at start-up); gcompd and tests/fuzz/fuzz_checkpoint.c share it.
+ */
+int eng_checkpoint_parse(gk_reader *r, int node, int nodes, gcd_coord *coord,
+                         eng_policy_maker make, void *ctx, eng_ckpt *out, char *err,
+                         size_t errlen);
+/* Free what eng_checkpoint_parse made and empty c. */
+void eng_ckpt_clear(eng_ckpt *c);
+/* Write a checkpoint's header: node, nodes, the policy p (its spec and saved state),
+   epoch and first step. Then come node 0's coordinator record (gcd_coord_save), the bucket
+   count (u32) and the buckets. Returns 0 or GCOMP_IO (or the policy's save status). */
+int eng_checkpoint_put_head(gk_writer *w, int node, int nodes, const gp_instance *p,
+                            uint64_t epoch, int64_t from_step);
+/* One bucket's record: its name, number and layers[0..n). Returns 0 or GCOMP_IO. */
+int eng_checkpoint_bucket_save(gk_writer *w, const char *name, uint32_t uid, size_t n,
+                               const eng_layer *layers);
+/* Read one bucket's record into a new *out (eng_checkpoint_saved_free). Returns 0, or
+   GCOMP_PROTOCOL / GCOMP_NOMEM with the reader failed and r->err saying why. */
+int eng_checkpoint_bucket_load(gk_reader *r, saved_bucket **out);
 /* A bucket runs for the first time: take its saved layers if its layout matches. */
 void eng_checkpoint_adopt(engine *e, eng_bucket *eb);
 void eng_checkpoint_saved_free(saved_bucket *s);

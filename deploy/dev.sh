@@ -92,7 +92,7 @@ fuzz)
     BUILD=${GCOMP_FUZZ_BUILD:-build-fuzz}
     deploy/install-deps.sh --fuzz "$BUILD/venv"
     CC=clang setup "$BUILD" false -Dfuzz=enabled -Db_lundef=false
-    ninja -C "$BUILD" tests/fuzz/fuzz_messages tests/fuzz/fuzz_codecs
+    ninja -C "$BUILD" tests/fuzz/fuzz_messages tests/fuzz/fuzz_codecs tests/fuzz/fuzz_checkpoint
     ;;
 test)
     if [ -n "$sanitize" ]; then
@@ -128,7 +128,7 @@ test)
 fuzz)
     secs=${1:-60}
     rc=0
-    for t in fuzz_messages fuzz_codecs; do
+    for t in fuzz_messages fuzz_codecs fuzz_checkpoint; do
         fuzz_target "$t" "$secs" "$BUILD/tests/fuzz/$t" || rc=1
     done
     for t in fuzz_npy fuzz_manifest; do

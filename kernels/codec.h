@@ -194,7 +194,8 @@ typedef struct gk_codec {
     /* Checkpoints: write the state field by field (base/binio.h, starting with a
        record header of the codec's own) / read it back into a state state_new() made
        for the same spec and layer. Return 0 or a negative gcomp status (the reader's
-       err says why). NULL only when state_new is NULL. */
+       err says why); a refused state leaves the state as it was. NULL only when
+       state_new is NULL. */
     int (*state_save)(const void *state, const gk_layer *layer, gk_writer *w);
     int (*state_load)(void *state, const gk_layer *layer, gk_reader *r);
     /* Implementations by backend: [GK_BACKEND_REF] never NULL; the others may be NULL

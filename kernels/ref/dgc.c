@@ -11,6 +11,7 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../rng.h"
 #include "../sparse.h"
@@ -142,9 +143,21 @@ static int dgc_state_load(void *state, const gk_layer *layer, gk_reader *r)
         gk_reader_fail(r, "dgc state of %llu elements%s, the layer has %zu%s",
                        (unsigned long long)numel, has_r ? " with a residual" : "", n,
                        st->r ? " with a residual" : "");
-    gk_get_f32s(r, st->u, n);
-    if (st->r)
-        gk_get_f32s(r, st->r, n);
+    if (r->failed)
+        return GCOMP_PROTOCOL;
+    /* Read into a copy, so that a refused state leaves st as it was. */
+    size_t total = st->r ? 2 * n : n;
+    float *in = malloc(total * sizeof(float) + 1);
+    if (!in) {
+        gk_reader_fail(r, "out of memory for a dgc state of %zu elements", n);
+        return GCOMP_NOMEM;
+    }
+    if (gk_get_f32s(r, in, total)) {
+        memcpy(st->u, in, n * sizeof(float));
+        if (st->r)
+            memcpy(st->r, in + n, n * sizeof(float));
+    }
+    free(in);
     return r->failed ? GCOMP_PROTOCOL : GCOMP_OK;
 }
 

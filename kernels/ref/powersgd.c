@@ -322,12 +322,25 @@ static int lowrank_state_load(void *state, const gk_layer *layer, gk_reader *r)
         gk_reader_fail(r, "powersgd state of a %llux%llu layer at rank %llu, the layer is "
                        "%zux%zu at rank %zu", (unsigned long long)n, (unsigned long long)m,
                        (unsigned long long)rank, st->n, st->m, st->r);
-    gk_get_f32s(r, st->p, st->n * st->r);
-    gk_get_f32s(r, st->q, st->m * st->r);
-    if (st->qloc)
-        gk_get_f32s(r, st->qloc, st->m * st->r);
-    st->have_p = have_p;
-    st->have_q = have_q;
+    if (r->failed)
+        return GCOMP_PROTOCOL;
+    /* Read P, Q and this node's Q into a copy, so that a refused state leaves st as it
+       was. */
+    size_t np = st->n * st->r, nq = st->m * st->r, total = np + nq + (st->qloc ? nq : 0);
+    float *in = malloc(total * sizeof(float) + 1);
+    if (!in) {
+        gk_reader_fail(r, "out of memory for a powersgd state of %zu floats", total);
+        return GCOMP_NOMEM;
+    }
+    if (gk_get_f32s(r, in, total)) {
+        memcpy(st->p, in, np * sizeof(float));
+        memcpy(st->q, in + np, nq * sizeof(float));
+        if (st->qloc)
+            memcpy(st->qloc, in + np + nq, nq * sizeof(float));
+        st->have_p = have_p;
+        st->have_q = have_q;
+    }
+    free(in);
     return r->failed ? GCOMP_PROTOCOL : GCOMP_OK;
 }
 

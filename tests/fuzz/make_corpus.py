@@ -5,7 +5,8 @@ inputs of the bugs the fuzzers found (fixed; kept as regression seeds).
     tests/fuzz/make_corpus.py [BUILD]      (BUILD: a build directory, default ./build)
 
 The C targets' files come from BUILD/tests/fuzz/fuzz-seeds (make_seeds.c: packed
-protobuf messages, payloads made by each codec's encode()); the Python targets' seeds are
+protobuf messages, payloads made by each codec's encode(), checkpoints written by the
+policies', codecs' and gcompd's own save functions); the Python targets' seeds are
 written here: .npy files of a 6-element bucket (fuzz_npy.py) and trace manifests
 (fuzz_manifest.py), valid ones and ones with one thing wrong. The old files are removed
 first; the output is the same on every run, so a diff shows what a change of a format did.
@@ -23,7 +24,7 @@ from numpy.lib import format as npy_format
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
-C_TARGETS = ("fuzz_messages", "fuzz_codecs")
+C_TARGETS = ("fuzz_messages", "fuzz_codecs", "fuzz_checkpoint")
 
 
 def npy_bytes(array, version=None):

@@ -1,10 +1,12 @@
 /*
  * make_seeds: writes the seed corpora of the C fuzz targets, made by the code itself
- * (protobuf-c packs the messages, each codec's encode() makes its payloads), so that
- * every seed is a valid input the targets' mutations start from, and the inputs of bugs
- * the fuzzers found (fixed, kept as regression seeds):
+ * (protobuf-c packs the messages, each codec's encode() makes its payloads, the policies',
+ * codecs' and gcompd's own save functions write the checkpoints), so that every seed is a
+ * valid input the targets' mutations start from, and the inputs of bugs the fuzzers found
+ * (fixed, kept as regression seeds):
  *
- *   fuzz-seeds CORPUS   writes CORPUS/fuzz_messages/<name> and CORPUS/fuzz_codecs/<name>
+ *   fuzz-seeds CORPUS   writes CORPUS/fuzz_messages/<name>, CORPUS/fuzz_codecs/<name> and
+ *                       CORPUS/fuzz_checkpoint/<name>
  *
  * Run through tests/fuzz/make_corpus.py, which also writes the Python targets' seeds.
  * The output is the same on every run.
@@ -16,8 +18,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/arena.h"
+#include "ckpt_case.h"
 #include "codec_case.h"
+#include "coord.h"
+#include "engine.h"
 #include "gcomp.pb-c.h"
+#include "perfmodel.h"
 
 static const char *outdir;
 
@@ -321,6 +328,326 @@ static void regression_seeds(void)
     codec_seed("powersgd-nan-in-sum", &hdr, true);
 }
 
+/* ---- checkpoints ---- */
+
+/* A fuzz_checkpoint seed: the case's selector byte, then the checkpoint. */
+static void ckpt_seed(int idx, const fz_ck_case *c, const char *what, const fz_ck_mem *m)
+{
+    char name[256];
+    uint8_t *buf = malloc(m->len + 1);
+    buf[0] = (uint8_t)idx;
+    memcpy(buf + 1, m->data, m->len);
+    snprintf(name, sizeof(name), "%s-%s", c->name, what);
+    write_seed("fuzz_checkpoint", name, buf, m->len + 1);
+    free(buf);
+}
+
+/* The layers of the synthetic bucket the policies see: two of more than 1024 elements
+   (the default min_elements), so that the policies compress them. */
+static const gp_layer seed_layers[2] = {
+    {.bucket = "b0", .name = "conv.w", .index = 0,
+     .geom = {.id = (uint64_t)1 << 32, .ndim = 2, .rows = 32, .cols = 48, .numel = 1536}},
+    {.bucket = "b0", .name = "fc.w", .index = 1,
+     .geom = {.id = ((uint64_t)1 << 32) | 1, .ndim = 2, .rows = 40, .cols = 40, .numel = 1600}},
+};
+
+/* Bucket steps [0, steps) of seed_layers as the engine makes them on one node: decide,
+   collect on fixed gradients, observe. */
+static void policy_steps(gp_instance *p, int64_t steps)
+{
+    static gk_arena arena;
+    gk_exec exec = {.backend = GK_BACKEND_CPU, .mem = GK_MEM_HOST, .scratch = &arena};
+    const gp_policy *pol = p->policy;
+    int ns = pol->nstats;
+    double *stats = calloc(2 * (size_t)ns + 1, sizeof(double)), payload[2] = {6000, 6400};
+    gk_spec specs[2];
+    bool comp[2];
+    float *g[2];
+    for (int i = 0; i < 2; i++) {
+        g[i] = malloc(seed_layers[i].geom.numel * sizeof(float));
+        seed_values(g[i], seed_layers[i].geom.numel, i);
+    }
+    for (int64_t t = 0; t < steps; t++) {
+        for (int i = 0; i < 2; i++) {
+            char why[256];
+            if (pol->decide(p->state, &seed_layers[i], t, &specs[i], why, sizeof(why))) {
+                fprintf(stderr, "fuzz-seeds: %s: decide failed\n", p->spec);
+                exit(1);
+            }
+            comp[i] = strcmp(specs[i].codec->name, "none") != 0;
+            gk_arena_mark mark = gk_arena_mark_get(&arena);
+            if (pol->collect && pol->collect(p->state, &seed_layers[i], t, g[i], g[i],
+                                             stats + i * ns, &exec)) {
+                fprintf(stderr, "fuzz-seeds: %s: collect failed\n", p->spec);
+                exit(1);
+            }
+            gk_arena_release(&arena, mark);
+            /* perfmodel's collect() times the codecs by the clock: its seeds observe fixed
+               times instead, so that the output is the same on every run. */
+            if (strcmp(pol->name, "perfmodel") == 0)
+                for (int k = 0; k < GP_PERF_MAX_CANDIDATES; k++)
+                    for (int f = GP_PERF_ENCODE_MS; f <= GP_PERF_DECODE_AG_MS; f++) {
+                        double *v = &stats[i * ns + k * GP_PERF_NSTAT + f];
+                        *v = *v != 0 ? 0.05 * (k + 1) : 0;
+                    }
+        }
+        gp_hints h = {.has_lr = true, .has_samples = true, .lr = 0.1, .samples = 128,
+                      .step = t};
+        gp_step_info info = {.step = t, .bucket = "b0", .nlayers = 2, .layers = seed_layers,
+                             .specs = specs, .compressed = comp, .payload = payload,
+                             .stats = stats, .step_ms = 20 + (double)(t % 3),
+                             .exchange_ms = 5, .ready_ms = 8, .gap_ms = 4, .nodes = 2,
+                             .hints = &h};
+        if (pol->observe && pol->observe(p->state, &info)) {
+            fprintf(stderr, "fuzz-seeds: %s: observe failed\n", p->spec);
+            exit(1);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        free(g[i]);
+    free(stats);
+    gk_arena_free(&arena);
+}
+
+static void policy_save_mem(gp_instance *p, fz_ck_mem *m)
+{
+    fz_ck_mem_open(m);
+    gk_writer w = {.f = m->f};
+    if (p->policy->save(p->state, &w) || w.failed) {
+        fprintf(stderr, "fuzz-seeds: %s: save failed\n", p->spec);
+        exit(1);
+    }
+    fz_ck_mem_close(m);
+}
+
+/* One step of every phase of a codec on one node (the allreduce sum or the allgather of
+   one segment is its own payload): the state as a step leaves it. */
+static void codec_step(const gk_spec *spec, const gk_layer *layer, void *state, float *x)
+{
+    fz_codec_call fc = {.spec = *spec, .layer = *layer, .nodes = 1, .node = 0, .step = 5};
+    const gk_codec *c = spec->codec;
+    const gk_codec_impl *impl[2];
+    fz_impls(c, impl);
+    float *out = malloc(layer->numel * sizeof(float));
+    int nphases = c->nphases ? c->nphases(spec) : 1, rc = 0;
+    for (int p = 0; p < nphases && !rc; p++) {
+        fz_phase(&fc, p);
+        gk_call call = fz_call(&fc, state);
+        void *send = calloc(fc.max_bytes + 1, 1);
+        size_t bytes = 0;
+        rc = impl[0]->encode(&call, x, send, &bytes);
+        if (!rc)
+            rc = impl[0]->decode(&call, x, (const void *const *)&send, &bytes, 1, out);
+        free(send);
+    }
+    free(out);
+    if (rc) {
+        fprintf(stderr, "fuzz-seeds: codec %s: a step failed (%d)\n", c->name, rc);
+        exit(1);
+    }
+}
+
+static void state_save_mem(const gk_spec *spec, const gk_layer *layer, const void *st,
+                           fz_ck_mem *m)
+{
+    fz_ck_mem_open(m);
+    gk_writer w = {.f = m->f};
+    if (spec->codec->state_save(st, layer, &w) || w.failed) {
+        fprintf(stderr, "fuzz-seeds: codec %s: state_save failed\n", spec->codec->name);
+        exit(1);
+    }
+    fz_ck_mem_close(m);
+}
+
+/* A layer of a saved bucket: spec (NULL: never had one), its x and state after a step. */
+static void seed_layer(eng_layer *l, const char *spec, int index, size_t rows, size_t cols)
+{
+    char err[512];
+    *l = (eng_layer){.geom = {.id = ((uint64_t)1 << 32) | (uint64_t)index, .ndim = 2,
+                              .rows = rows, .cols = cols, .numel = rows * cols}};
+    if (!spec)
+        return;
+    if (gk_spec_parse(spec, &l->spec, err, sizeof(err))) {
+        fprintf(stderr, "fuzz-seeds: %s: %s\n", spec, err);
+        exit(1);
+    }
+    l->has_spec = l->compressed = true;
+    l->x = malloc(l->geom.numel * sizeof(float));
+    seed_values(l->x, l->geom.numel, index);
+    if (l->spec.codec->state_new) {
+        if (l->spec.codec->state_new(&l->spec, &l->geom, &l->state)) {
+            fprintf(stderr, "fuzz-seeds: %s: state_new failed\n", spec);
+            exit(1);
+        }
+        codec_step(&l->spec, &l->geom, l->state, l->x);
+    }
+}
+
+/* Node 0's coordinator after one cycle in which both nodes reported bucket b0 ready.
+   (Its record in the seeds has no bucket numbers yet: one cycle of these reports does not
+   number b0; the fuzzer's mutations reach the record's entries from there.) */
+static gcd_coord *seed_coord(void)
+{
+    gcd_coord *c = gcd_coord_new(2, 1000);
+    Gcomp__ReadyEntry e = GCOMP__READY_ENTRY__INIT, *entries[] = {&e};
+    e.bucket = "b0";
+    e.step = 0;
+    Gcomp__NodeReport r0 = GCOMP__NODE_REPORT__INIT, r1 = GCOMP__NODE_REPORT__INIT;
+    Gcomp__NodeReport *reports[] = {&r0, &r1};
+    r0.ready = r1.ready = entries;
+    r0.n_ready = r1.n_ready = 1;
+    r1.node = 1;
+    Gcomp__Decision dec = GCOMP__DECISION__INIT;
+    if (!c || gcd_coord_step(c, reports, 0, &dec)) {
+        fprintf(stderr, "fuzz-seeds: the coordinator's cycle failed\n");
+        exit(1);
+    }
+    gcd_coord_decision_clear(&dec);
+    return c;
+}
+
+/* A bucket record of one layer written field by field (to hold what gcompd never
+   writes): spec, geometry, has_x and nx floats of x, then has_state and `tail` bytes. */
+static void bucket_by_hand(int idx, const fz_ck_case *c, const char *name, const char *spec,
+                           uint64_t numel, uint64_t rows, uint64_t cols, size_t nx,
+                           size_t tail)
+{
+    fz_ck_mem m;
+    float x[64] = {0};
+    fz_ck_mem_open(&m);
+    gk_writer w = {.f = m.f};
+    gk_put_str(&w, "b0");
+    gk_put_u32(&w, 1);
+    gk_put_u32(&w, 1);
+    gk_put_str(&w, spec);
+    gk_put_u8(&w, 1);
+    gk_put_u64(&w, numel);
+    gk_put_u64(&w, rows);
+    gk_put_u64(&w, cols);
+    gk_put_u32(&w, 2);
+    gk_put_u64(&w, (uint64_t)1 << 32);
+    gk_put_u8(&w, 1);
+    seed_values(x, nx, 0);
+    gk_put_f32s(&w, x, nx);
+    if (tail) {
+        gk_put_u8(&w, 1);
+        gk_put_f32s(&w, x, tail / sizeof(float));
+    }
+    fz_ck_mem_close(&m);
+    ckpt_seed(idx, c, name, &m);
+    free(m.data);
+}
+
+/*
+ * Fixed bugs (docs/RELIABILITY.md) of gcompd's bucket records: a layer of 2^30 elements
+ * whose x ends after 4 floats (gcompd allocated the 4 GB first); a 12-element layer of
+ * (2^62 + 3) x 4 (rows * cols wrapped around to 12; PowerSGD's state_new then asked for
+ * 2^63 floats).
+ */
+static void checkpoint_regressions(int idx, const fz_ck_case *c)
+{
+    bucket_by_hand(idx, c, "huge-layer-truncated", "", (uint64_t)1 << 30, (uint64_t)1 << 15,
+                   (uint64_t)1 << 15, 4, 0);
+    bucket_by_hand(idx, c, "rows-times-cols-wraps", "powersgd:rank=2", 12,
+                   ((uint64_t)1 << 62) + 3, 4, 12, 64);
+}
+
+/*
+ * fuzz_checkpoint: every policy's checkpoint fresh and after 6 bucket steps; every
+ * stateful codec's (and variant's) state fresh, after one step, and that cut short by 10
+ * bytes (a regression seed); gcompd's files of
+ * node 0 and node 1 (a policy with a state and one without, a bucket of a PowerSGD, a DGC
+ * and a dense layer) and that bucket's record alone.
+ */
+static void checkpoint_seeds(void)
+{
+    eng_layer layers[3];
+    seed_layer(&layers[0], "powersgd:rank=2", 0, 16, 12);
+    seed_layer(&layers[1], "dgc:density=0.1", 1, 8, 8);
+    seed_layer(&layers[2], NULL, 2, 5, 1);
+    for (int i = 0; i < fz_ck_ncases(); i++) {
+        fz_ck_case c;
+        fz_ck_mem m;
+        fz_ck_case_get(i, &c);
+        if (c.kind == FZ_CK_POLICY) {
+            gp_instance *p = fz_ck_policy_new(&c);
+            policy_save_mem(p, &m);
+            ckpt_seed(i, &c, "fresh", &m);
+            free(m.data);
+            policy_steps(p, 6);
+            policy_save_mem(p, &m);
+            ckpt_seed(i, &c, "6-steps", &m);
+            free(m.data);
+            gp_instance_destroy(p);
+        } else if (c.kind == FZ_CK_CODEC) {
+            void *st = NULL;
+            float *x = malloc(c.layer.numel * sizeof(float));
+            seed_values(x, c.layer.numel, 0);
+            if (c.cspec.codec->state_new(&c.cspec, &c.layer, &st)) {
+                fprintf(stderr, "fuzz-seeds: %s: state_new failed\n", c.spec);
+                exit(1);
+            }
+            state_save_mem(&c.cspec, &c.layer, st, &m);
+            ckpt_seed(i, &c, "fresh", &m);
+            free(m.data);
+            codec_step(&c.cspec, &c.layer, st, x);
+            state_save_mem(&c.cspec, &c.layer, st, &m);
+            ckpt_seed(i, &c, "1-step", &m);
+            /* A fixed bug (docs/RELIABILITY.md): a state cut short in its floats was
+               refused after the floats read so far had overwritten the state (and
+               PowerSGD's have_p/have_q took values never read). */
+            m.len -= 10;
+            ckpt_seed(i, &c, "1-step-truncated", &m);
+            free(m.data);
+            c.cspec.codec->state_free(st);
+            free(x);
+        } else if (c.kind == FZ_CK_FILE) {
+            static const char *const specs[] = {"lgreco:interval=2", "static:codec=dgc"};
+            for (int k = 0; k < 2; k++) {
+                gp_instance *p = NULL;
+                char err[1024];
+                if (gp_instance_create(specs[k], &fz_ck_env, &p, err, sizeof(err))) {
+                    fprintf(stderr, "fuzz-seeds: %s: %s\n", specs[k], err);
+                    exit(1);
+                }
+                if (p->policy->save)
+                    policy_steps(p, 6);
+                gcd_coord *coord = c.node == 0 ? seed_coord() : NULL;
+                fz_ck_mem_open(&m);
+                gk_writer w = {.f = m.f};
+                int rc = eng_checkpoint_put_head(&w, c.node, 2, p, 3, 10);
+                if (!rc && coord)
+                    rc = gcd_coord_save(coord, &w);
+                gk_put_u32(&w, 1);
+                if (!rc)
+                    rc = eng_checkpoint_bucket_save(&w, "b0", 1, 3, layers);
+                fz_ck_mem_close(&m);
+                if (rc || w.failed) {
+                    fprintf(stderr, "fuzz-seeds: writing a checkpoint file failed\n");
+                    exit(1);
+                }
+                ckpt_seed(i, &c, p->policy->name, &m);
+                free(m.data);
+                gcd_coord_free(coord);
+                gp_instance_destroy(p);
+            }
+        } else {
+            fz_ck_mem_open(&m);
+            gk_writer w = {.f = m.f};
+            if (eng_checkpoint_bucket_save(&w, "b0", 1, 3, layers)) {
+                fprintf(stderr, "fuzz-seeds: writing a bucket record failed\n");
+                exit(1);
+            }
+            fz_ck_mem_close(&m);
+            ckpt_seed(i, &c, "b0", &m);
+            free(m.data);
+            checkpoint_regressions(i, &c);
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        eng_layer_reset(&layers[i]);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -331,5 +658,6 @@ int main(int argc, char **argv)
     message_seeds();
     codec_seeds();
     regression_seeds();
+    checkpoint_seeds();
     return 0;
 }
