@@ -84,6 +84,15 @@ def manifest_seeds():
         "float16.json": variant(buckets=one_layer(shape=[4], dtype="float16")),
         "hint-out-of-range.json": variant(hints=[{"step": 3, "lr": 0.1}]),
         "hint-unknown-key.json": variant(hints=[{"step": 1, "momentum": 0.9}]),
+        # What gcompctl trace writes when a recording ends early (daemon/trace.c).
+        "recorded-partial.json": {
+            "format": "gcomp-trace/1", "workers": 3, "steps": 2, "recording": False,
+            "complete": False,
+            "error": "node 1: writing /t/w2/s2/b0.npy failed: No space left on device",
+            "first_step": 40, "trainers_per_node": [2, 1],
+            "buckets": [{"name": "b0", "layers": [{"name": "fc.weight", "shape": [4, 8],
+                                                   "dtype": "float32"}]}],
+            "hints": [{"step": 0, "lr": 0.1, "samples": 32}, {"step": 1, "epoch_end": True}]},
     }
     out = {name: json.dumps(m, sort_keys=True).encode() for name, m in seeds.items()}
     out["not-an-object.json"] = b"[1, 2, 3]"
