@@ -1,6 +1,8 @@
 /*
  * halfconv.h: float32 <-> IEEE half and bfloat16, round to nearest even. Used by the
- * fp16/bf16 codecs and by the transports' narrow-type sums.
+ * fp16/bf16 codecs and by the transports' narrow-type sums. Under nvcc they are
+ * __host__ __device__, so that the CUDA casts (kernels/cuda/cast.cu) run these very
+ * functions and round exactly as the reference does.
  */
 #ifndef GK_HALFCONV_H
 #define GK_HALFCONV_H
@@ -8,21 +10,29 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline uint32_t gk_f32_bits(float f)
+#ifndef GK_HOSTDEV
+#ifdef __CUDACC__
+#define GK_HOSTDEV __host__ __device__
+#else
+#define GK_HOSTDEV
+#endif
+#endif
+
+GK_HOSTDEV static inline uint32_t gk_f32_bits(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
     return u;
 }
 
-static inline float gk_bits_f32(uint32_t u)
+GK_HOSTDEV static inline float gk_bits_f32(uint32_t u)
 {
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
-static inline uint16_t gk_float_to_bf16(float f)
+GK_HOSTDEV static inline uint16_t gk_float_to_bf16(float f)
 {
     uint32_t u = gk_f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a quiet NaN */
@@ -31,12 +41,12 @@ static inline uint16_t gk_float_to_bf16(float f)
     return (uint16_t)(u >> 16);
 }
 
-static inline float gk_bf16_to_float(uint16_t h)
+GK_HOSTDEV static inline float gk_bf16_to_float(uint16_t h)
 {
     return gk_bits_f32((uint32_t)h << 16);
 }
 
-static inline uint16_t gk_float_to_half(float f)
+GK_HOSTDEV static inline uint16_t gk_float_to_half(float f)
 {
     uint32_t u = gk_f32_bits(f);
     uint32_t sign = (u >> 16) & 0x8000u;
@@ -61,7 +71,7 @@ static inline uint16_t gk_float_to_half(float f)
     return (uint16_t)(sign | (r >> 13));
 }
 
-static inline float gk_half_to_float(uint16_t h)
+GK_HOSTDEV static inline float gk_half_to_float(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;

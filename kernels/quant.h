@@ -236,5 +236,7 @@ static inline int gk_maxmin_check(const gk_call *call, const void *const *recv,
 extern const gk_codec_impl gk_signsgd_cpu, gk_signnorm_cpu, gk_onebit_cpu;
 extern const gk_codec_impl gk_qsgd_cpu, gk_terngrad_cpu, gk_maxmin_cpu;
 extern const gk_codec_impl gk_fp16_cpu, gk_bf16_cpu;
+/* The CUDA implementations (cuda/<name>.cu), defined only when GCOMP_HAVE_CUDA. */
+extern const gk_codec_impl gk_fp16_cuda, gk_bf16_cuda;
 
 #endif /* GK_QUANT_H */

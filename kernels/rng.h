@@ -2,6 +2,9 @@
  * rng.h: the shared generator. Seeded from (job seed, layer id, step, stream), it
  * yields the same numbers on every node, which is what makes Random-K indices and
  * PowerSGD's first Q agree without sending them. xoshiro256** seeded by splitmix64.
+ * Under nvcc the integer functions (seed, next, below, uniform) are __host__ __device__,
+ * so that CUDA kernels draw the very same numbers (kernels/cuda/randomk.cu); normal is
+ * host only (the device's log and cos round differently).
  */
 #ifndef GK_RNG_H
 #define GK_RNG_H
@@ -9,11 +12,19 @@
 #include <math.h>
 #include <stdint.h>
 
+#ifndef GK_HOSTDEV
+#ifdef __CUDACC__
+#define GK_HOSTDEV __host__ __device__
+#else
+#define GK_HOSTDEV
+#endif
+#endif
+
 typedef struct gk_rng {
     uint64_t s[4];
 } gk_rng;
 
-static inline uint64_t gk_splitmix64(uint64_t *x)
+GK_HOSTDEV static inline uint64_t gk_splitmix64(uint64_t *x)
 {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -23,18 +34,24 @@ static inline uint64_t gk_splitmix64(uint64_t *x)
 
 /* stream separates independent uses within one layer and step (e.g. node index for
    node-local stochastic rounding, 0 for shared draws). */
-static inline void gk_rng_seed(gk_rng *r, uint64_t seed, uint64_t layer_id, uint64_t step,
-                               uint64_t stream)
+GK_HOSTDEV static inline void gk_rng_seed(gk_rng *r, uint64_t seed, uint64_t layer_id,
+                                          uint64_t step, uint64_t stream)
 {
-    uint64_t x = seed;
-    x ^= gk_splitmix64(&x) + layer_id;
-    x ^= gk_splitmix64(&x) + step;
-    x ^= gk_splitmix64(&x) + stream;
+    /* Each step draws from x, then xors the advanced x: written out because in C the
+       order of the read of x and the call in `x ^= gk_splitmix64(&x) + ...` is
+       unspecified (GCC and Clang call first, as C++17, and so nvcc's device code, must). */
+    uint64_t x = seed, z;
+    z = gk_splitmix64(&x);
+    x ^= z + layer_id;
+    z = gk_splitmix64(&x);
+    x ^= z + step;
+    z = gk_splitmix64(&x);
+    x ^= z + stream;
     for (int i = 0; i < 4; i++)
         r->s[i] = gk_splitmix64(&x);
 }
 
-static inline uint64_t gk_rng_next(gk_rng *r)
+GK_HOSTDEV static inline uint64_t gk_rng_next(gk_rng *r)
 {
     uint64_t *s = r->s;
     uint64_t t = s[1] << 17, v = s[1] * 5;
@@ -49,13 +66,13 @@ static inline uint64_t gk_rng_next(gk_rng *r)
 }
 
 /* Uniform in [0, 1) with 24 random bits. */
-static inline float gk_rng_uniform(gk_rng *r)
+GK_HOSTDEV static inline float gk_rng_uniform(gk_rng *r)
 {
     return (float)(gk_rng_next(r) >> 40) * (1.0f / 16777216.0f);
 }
 
 /* Uniform integer in [0, n), n > 0 (Lemire's multiply-shift; bias < 2^-32 for n < 2^32). */
-static inline uint64_t gk_rng_below(gk_rng *r, uint64_t n)
+GK_HOSTDEV static inline uint64_t gk_rng_below(gk_rng *r, uint64_t n)
 {
     return (uint64_t)(((unsigned __int128)gk_rng_next(r) * n) >> 64);
 }

@@ -234,5 +234,7 @@ int gk_sidco_ratios(double density, int max_stages, double *ratios);
 /* The optimised implementations, one per cpu/<name>.c. */
 extern const gk_codec_impl gk_topk_cpu, gk_mstopk_cpu, gk_dgc_cpu, gk_redsync_cpu,
     gk_sidco_cpu, gk_threshold_cpu, gk_randomk_cpu, gk_randomblock_cpu;
+/* The CUDA implementations (cuda/<name>.cu), defined only when GCOMP_HAVE_CUDA. */
+extern const gk_codec_impl gk_randomk_cuda;
 
 #endif /* GK_SPARSE_H */

@@ -20,6 +20,7 @@
 #include "../halfconv.h"
 #include "../quant.h"
 #include "gcomp.h"
+#include "gcomp_config.h"
 
 /* The narrow type's conversions, so one body serves both casts. */
 typedef struct cast_type {
@@ -128,7 +129,11 @@ const gk_codec gk_codec_fp16 = {
     .ef_allowed = true,
     .phase_coll = fp16_coll,
     .max_bytes = cast_max_bytes,
-    .impl = {[GK_BACKEND_REF] = &fp16_ref, [GK_BACKEND_CPU] = &gk_fp16_cpu},
+    .impl = {[GK_BACKEND_REF] = &fp16_ref, [GK_BACKEND_CPU] = &gk_fp16_cpu,
+#if GCOMP_HAVE_CUDA
+             [GK_BACKEND_CUDA] = &gk_fp16_cuda,
+#endif
+    },
 };
 
 const gk_codec gk_codec_bf16 = {
@@ -138,5 +143,9 @@ const gk_codec gk_codec_bf16 = {
     .ef_allowed = true,
     .phase_coll = bf16_coll,
     .max_bytes = cast_max_bytes,
-    .impl = {[GK_BACKEND_REF] = &bf16_ref, [GK_BACKEND_CPU] = &gk_bf16_cpu},
+    .impl = {[GK_BACKEND_REF] = &bf16_ref, [GK_BACKEND_CPU] = &gk_bf16_cpu,
+#if GCOMP_HAVE_CUDA
+             [GK_BACKEND_CUDA] = &gk_bf16_cuda,
+#endif
+    },
 };

@@ -9,6 +9,7 @@
 
 #include "../sparse.h"
 #include "gcomp.h"
+#include "gcomp_config.h"
 
 static void randomk_ref_mark(void *ctx, size_t i)
 {
@@ -93,5 +94,9 @@ const gk_codec gk_codec_randomk = {
     .knob = "density",
     .knob_more = -1,
     .max_bytes = gk_sparse_max_bytes_values,
-    .impl = {[GK_BACKEND_REF] = &randomk_ref, [GK_BACKEND_CPU] = &gk_randomk_cpu},
+    .impl = {[GK_BACKEND_REF] = &randomk_ref, [GK_BACKEND_CPU] = &gk_randomk_cpu,
+#if GCOMP_HAVE_CUDA
+             [GK_BACKEND_CUDA] = &gk_randomk_cuda,
+#endif
+    },
 };

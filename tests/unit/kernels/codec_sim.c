@@ -50,7 +50,6 @@ void codec_sim_free(codec_sim *s)
 }
 
 /* The in-memory collective: sum of W float arrays in the element type of the phase. */
-static void sim_allreduce(gk_coll coll, void **send, size_t bytes, int nodes, void *out);
 
 int codec_sim_step(codec_sim *s, uint64_t step, const float *const *g, float **out)
 {
@@ -82,7 +81,7 @@ int codec_sim_step(codec_sim *s, uint64_t step, const float *const *g, float **o
         void *sum = NULL;
         if (!rc && coll != GK_COLL_ALLGATHER) {
             sum = calloc(max ? max : 1, 1);
-            sim_allreduce(coll, send, max, W, sum);
+            codec_sim_allreduce(coll, send, max, W, sum);
         }
         for (int w = 0; w < W && !rc; w++) {
             gk_call call = {.spec = &s->spec, .layer = &s->layer, .state = s->state[w],
@@ -108,7 +107,7 @@ int codec_sim_step(codec_sim *s, uint64_t step, const float *const *g, float **o
 
 #include "halfconv.h"
 
-static void sim_allreduce(gk_coll coll, void **send, size_t bytes, int nodes, void *out)
+void codec_sim_allreduce(gk_coll coll, void *const *send, size_t bytes, int nodes, void *out)
 {
     if (coll == GK_COLL_ALLREDUCE_F32) {
         size_t n = bytes / sizeof(float);

@@ -28,6 +28,10 @@ void codec_sim_free(codec_sim *s);
    the engine does (x = (ef ? x : 0) + g). Returns 0 or the first codec error. */
 int codec_sim_step(codec_sim *s, uint64_t step, const float *const *g, float **out);
 
+/* An allreduce as the engine runs it: out = the elementwise sum of the nodes' segments
+   send[0..nodes-1] of bytes each, float32 or (F16/BF16) summed in float32 and rounded. */
+void codec_sim_allreduce(gk_coll coll, void *const *send, size_t bytes, int nodes, void *out);
+
 /* A layer description from a shape. */
 gk_layer codec_sim_layer(uint32_t id, int ndim, const size_t *shape);
 
