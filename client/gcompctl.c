@@ -173,13 +173,11 @@ static int trace_args(char **args, int nargs, char *cmd, size_t cmdlen, char ***
     return 0;
 }
 
-int main(int argc, char **argv)
+/* gcompctl with rest[argc + 1] to put the command's words in. */
+static int run(int argc, char **argv, char **rest)
 {
     const char *path = getenv("GCOMP_CTL");
     int json = 0, prometheus = 0, timeout_ms = 120000, nrest;
-    char **rest = calloc((size_t)argc + 1, sizeof(char *));
-    if (!rest)
-        return 1;
     int prc = parse_options(argc, argv, &path, &json, &prometheus, &timeout_ms, rest, &nrest);
     if (prc)
         return prc == 1 ? 0 : prc;
@@ -306,4 +304,14 @@ int main(int argc, char **argv)
     }
     gcomp__ctl_reply__free_unpacked(r, NULL);
     return status ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    char **rest = calloc((size_t)argc + 1, sizeof(char *));
+    if (!rest)
+        return 1;
+    int rc = run(argc, argv, rest);
+    free(rest);
+    return rc;
 }
