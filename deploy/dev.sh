@@ -98,12 +98,7 @@ test)
     if [ -n "$sanitize" ]; then
         BUILD=${GCOMP_SAN_BUILD:-build-san}
         # GCC's -Wformat-overflow misfires on code that ASan/UBSan instrument.
-        # Without CUDA: in a sanitized build the executables are linked by nvcc, and
-        # then ldd does not resolve their libasan.so.8, gcompd fails under srun and a
-        # program built from gcomp.pc does not link (test_k8s, test_slurm,
-        # test_package); the CUDA codecs cannot run here anyway.
-        setup "$BUILD" "$werror" -Db_sanitize=address,undefined -Dc_args=-Wno-error=format-overflow \
-            -Dcuda=disabled
+        setup "$BUILD" "$werror" -Db_sanitize=address,undefined -Dc_args=-Wno-error=format-overflow
     else
         BUILD=${GCOMP_BUILD:-build}
         setup "$BUILD" "$werror"
