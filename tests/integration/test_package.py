@@ -61,8 +61,13 @@ def test_pkg_config_file_builds_a_program(build, tmp_path):
                            text=True, env=env, check=True).stdout.split()
     assert "-lgcomp-client" in flags, flags
     (tmp_path / "p.c").write_text(PROGRAM)
-    subprocess.run(["cc", str(tmp_path / "p.c"), "-o", str(tmp_path / "p"), *flags], check=True,
-                   timeout=120)
+    # A sanitized build's library needs the sanitizer runtimes at link time (the suite
+    # preloads ASan when it runs sanitized: deploy/dev.sh test --sanitize); the compiler
+    # itself runs without the preload (its own leaks are not ours).
+    san = ["-fsanitize=address,undefined"] if "libasan" in os.environ.get("LD_PRELOAD", "") else []
+    cc_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    subprocess.run(["cc", str(tmp_path / "p.c"), "-o", str(tmp_path / "p"), *flags, *san],
+                   check=True, timeout=120, env=cc_env)
     libdir = next(f[2:] for f in flags if f.startswith("-L"))
     out = subprocess.run([str(tmp_path / "p")], capture_output=True, text=True, check=True,
                          env=dict(os.environ, LD_LIBRARY_PATH=libdir)).stdout
