@@ -10,13 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifndef GK_HOSTDEV
-#ifdef __CUDACC__
-#define GK_HOSTDEV __host__ __device__
-#else
-#define GK_HOSTDEV
-#endif
-#endif
+#include "base/hostdev.h"
 
 GK_HOSTDEV static inline uint32_t gk_f32_bits(float f)
 {

@@ -12,13 +12,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#ifndef GK_HOSTDEV
-#ifdef __CUDACC__
-#define GK_HOSTDEV __host__ __device__
-#else
-#define GK_HOSTDEV
-#endif
-#endif
+#include "base/hostdev.h"
 
 typedef struct gk_rng {
     uint64_t s[4];
