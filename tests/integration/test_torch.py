@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (apt-get i
 
 import gcomp  # noqa: E402
 import gcomp.torch  # noqa: E402
-from helpers import HERE, PYTHON, kill_session  # noqa: E402
+from helpers import HERE, TORCH_PYTHON, kill_session  # noqa: E402
 
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "examples"))
@@ -49,7 +49,7 @@ def gcomp_run(build, args, command, timeout=240, **env):
 def train(build, tmp_path, mode):
     rc, out = gcomp_run(build, ["--nodes", str(NODES), "--trainers-per-node", str(PER_NODE),
                                 "--codec", "none"],
-                        [PYTHON, os.path.join(HERE, "trainer_torch.py"), "--mode", mode,
+                        [*TORCH_PYTHON, os.path.join(HERE, "trainer_torch.py"), "--mode", mode,
                          "--steps", str(STEPS), "--seed", str(SEED), "--out", str(tmp_path)],
                         MASTER_PORT=free_port())
     assert rc == 0, f"gcomp-run exited {rc}:\n{out[-6000:]}"
@@ -205,8 +205,9 @@ def test_fmnist_example_converges(build, tmp_path, codec, mode):
         pytest.skip(f"Fashion-MNIST is not in {FMNIST} (apt-get install dataset-fashion-mnist)")
     log, stats = tmp_path / "log.jsonl", tmp_path / "stats.jsonl"
     rc, out = gcomp_run(build, ["--nodes", "2", "--codec", codec, "--stats-file", str(stats)],
-                        [PYTHON, EXAMPLE, "--mode", mode, "--steps", "300", "--eval-every", "150",
-                         "--log", str(log), "--stats-file", str(stats)], MASTER_PORT=free_port())
+                        [*TORCH_PYTHON, EXAMPLE, "--mode", mode, "--steps", "300",
+                         "--eval-every", "150", "--log", str(log), "--stats-file", str(stats)],
+                        MASTER_PORT=free_port())
     assert rc == 0, out[-4000:]
     points = [json.loads(line) for line in log.read_text().splitlines()]
     assert [p["step"] for p in points] == [150, 300]
