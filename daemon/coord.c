@@ -29,7 +29,7 @@ typedef struct known {
     int first;
     int *state;        /* [nodes]: LAYOUT_* */
     char **why;        /* [nodes]: message for LAYOUT_BAD */
-    uint32_t uid;      /* the bucket's number in the job (from 1) */
+    uint32_t uid;      /* the bucket's number in the job (take_uid; never 0) */
 } known;
 
 /* A bucket a node reported lost (a trainer left): its steps fail until it recovers. */
@@ -85,7 +85,8 @@ struct gcd_coord {
     size_t npreq, cappreq;
     uint64_t epoch;
     int64_t max_step;
-    uint32_t next_uid;   /* the number the next new bucket gets */
+    uint32_t *given;     /* every bucket number given in the job (restored ones too) */
+    size_t ngiven, capgiven;
     reserved *res;
     size_t nres, capres;
     trace_req *treq;
@@ -111,7 +112,6 @@ gcd_coord *gcd_coord_new(int nodes, int timeout_ms)
         c->nodes = nodes;
         c->timeout_ms = timeout_ms;
         c->max_step = -1;
-        c->next_uid = 1;
         c->trace.written = calloc((size_t)nodes, sizeof(int64_t));
         c->trace.done = calloc((size_t)nodes, sizeof(bool));
         if (!c->trace.written || !c->trace.done) {
@@ -152,6 +152,7 @@ void gcd_coord_free(gcd_coord *c)
     for (size_t i = 0; i < c->nres; i++)
         free(c->res[i].bucket);
     free(c->res);
+    free(c->given);
     for (size_t i = 0; i < c->nlost; i++) {
         free(c->lost[i].bucket);
         free(c->lost[i].why);
@@ -220,18 +221,46 @@ static known *find_known(gcd_coord *c, const char *bucket)
     return NULL;
 }
 
-/* The number of a bucket seen for the first time: the one a checkpoint kept for it, or
-   the next. Numbers are never given twice (they make layer ids unique). */
-static uint32_t take_uid(gcd_coord *c, const char *bucket)
+static bool uid_given(const gcd_coord *c, uint32_t uid)
+{
+    for (size_t i = 0; i < c->ngiven; i++)
+        if (c->given[i] == uid)
+            return true;
+    return false;
+}
+
+static int give_uid(gcd_coord *c, uint32_t uid)
+{
+    uint32_t *arr = gk_grow(c->given, &c->capgiven, c->ngiven + 1, sizeof(*arr));
+    if (!arr)
+        return GCOMP_NOMEM;
+    c->given = arr;
+    arr[c->ngiven++] = uid;
+    return GCOMP_OK;
+}
+
+/* The number of a bucket seen for the first time: the one a checkpoint kept for it,
+   else the FNV-1a hash of its name, so that its layer ids (and the random streams the
+   codecs seed with them) are the same in every run of the job, whatever order the
+   buckets first arrive in; a number given before (a collision: about n^2 / 2^33 for n
+   buckets) moves to the next free one. Numbers are never given twice (they make layer
+   ids unique), nor 0 (no number yet). */
+static int take_uid(gcd_coord *c, const char *bucket, uint32_t *out)
 {
     for (size_t i = 0; i < c->nres; i++)
         if (strcmp(c->res[i].bucket, bucket) == 0) {
-            uint32_t uid = c->res[i].uid;
+            *out = c->res[i].uid;
             free(c->res[i].bucket);
             c->res[i] = c->res[--c->nres];
-            return uid;
+            return GCOMP_OK;
         }
-    return c->next_uid++;
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)bucket; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    while (h == 0 || uid_given(c, h))
+        h++;
+    *out = h;
+    return give_uid(c, h);
 }
 
 /*
@@ -280,8 +309,7 @@ static int check_layout(gcd_coord *c, int w, const Gcomp__ReadyEntry *e, char **
         if (!k->bucket || !k->state || !k->why)
             return GCOMP_NOMEM;
         k->state[w] = LAYOUT_OK;
-        k->uid = take_uid(c, e->bucket);
-        return GCOMP_OK;
+        return take_uid(c, e->bucket, &k->uid);
     }
     char diff[512];
     if (gcd_layout_diff(&k->layout, &l, diff, sizeof(diff))) {
@@ -717,10 +745,16 @@ void gcd_coord_decision_clear(Gcomp__Decision *dec)
     gcomp__decision__init(dec);
 }
 
+/* 'COOR' version 2: the numbers given, then the buckets that hold one (name, number).
+   Version 1 (numbers in announcement order, below a next number) is refused. */
+enum { COORD_CKPT_VERSION = 2 };
+
 int gcd_coord_save(const gcd_coord *c, gk_writer *w)
 {
-    gk_put_tag(w, "COOR", 1);
-    gk_put_u32(w, c->next_uid);
+    gk_put_tag(w, "COOR", COORD_CKPT_VERSION);
+    gk_put_u64(w, c->ngiven);
+    for (size_t i = 0; i < c->ngiven; i++)
+        gk_put_u32(w, c->given[i]);
     gk_put_u64(w, c->nknown + c->nres);
     for (size_t i = 0; i < c->nknown; i++) {
         gk_put_str(w, c->known[i].bucket);
@@ -735,12 +769,35 @@ int gcd_coord_save(const gcd_coord *c, gk_writer *w)
 
 int gcd_coord_load(gcd_coord *c, gk_reader *r)
 {
-    uint32_t next;
+    uint32_t version;
     uint64_t n;
-    if (!gk_get_tag(r, "COOR", 1, NULL) || !gk_get_u32(r, &next) || !gk_get_u64(r, &n))
+    if (!gk_get_tag(r, "COOR", COORD_CKPT_VERSION, &version))
         return GCOMP_PROTOCOL;
-    if (n > next || n > ((uint64_t)1 << 32)) {
-        gk_reader_fail(r, "coordinator record of %llu buckets below number %u", (unsigned long long)n, next);
+    if (version != COORD_CKPT_VERSION) {
+        gk_reader_fail(r, "coordinator record version %u (bucket numbers in announcement "
+                       "order) is not read by this gcomp, which needs version %d: start "
+                       "the job without --restore", version, COORD_CKPT_VERSION);
+        return GCOMP_PROTOCOL;
+    }
+    if (!gk_get_u64(r, &n))
+        return GCOMP_PROTOCOL;
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t uid;
+        if (!gk_get_u32(r, &uid))
+            return GCOMP_PROTOCOL;
+        if (uid == 0 || uid_given(c, uid)) {
+            gk_reader_fail(r, "coordinator record gives bucket number %u %s", uid,
+                           uid ? "twice" : "(0 is no number)");
+            return GCOMP_PROTOCOL;
+        }
+        if (give_uid(c, uid))
+            return GCOMP_NOMEM;
+    }
+    if (!gk_get_u64(r, &n))
+        return GCOMP_PROTOCOL;
+    if (n > c->ngiven) {
+        gk_reader_fail(r, "coordinator record of %llu buckets but %zu numbers given",
+                       (unsigned long long)n, c->ngiven);
         return GCOMP_PROTOCOL;
     }
     for (uint64_t i = 0; i < n; i++) {
@@ -748,10 +805,17 @@ int gcd_coord_load(gcd_coord *c, gk_reader *r)
         uint32_t uid;
         if (!gk_get_str(r, name, sizeof(name)) || !gk_get_u32(r, &uid))
             return GCOMP_PROTOCOL;
-        if (uid == 0 || uid >= next) {
-            gk_reader_fail(r, "bucket '%s' numbered %u, the next number is %u", name, uid, next);
+        if (!uid_given(c, uid)) {
+            gk_reader_fail(r, "bucket '%s' numbered %u, a number the record does not give",
+                           name, uid);
             return GCOMP_PROTOCOL;
         }
+        for (size_t j = 0; j < c->nres; j++)
+            if (c->res[j].uid == uid || strcmp(c->res[j].bucket, name) == 0) {
+                gk_reader_fail(r, "coordinator record numbers bucket '%s' %u and bucket "
+                               "'%s' %u", c->res[j].bucket, c->res[j].uid, name, uid);
+                return GCOMP_PROTOCOL;
+            }
         reserved *arr = gk_grow(c->res, &c->capres, c->nres + 1, sizeof(*arr));
         if (!arr)
             return GCOMP_NOMEM;
@@ -760,6 +824,5 @@ int gcd_coord_load(gcd_coord *c, gk_reader *r)
             return GCOMP_NOMEM;
         arr[c->nres++].uid = uid;
     }
-    c->next_uid = next;
     return GCOMP_OK;
 }

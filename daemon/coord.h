@@ -5,8 +5,9 @@
  * that every node applies in the same order: which bucket steps run now, which fail
  * (with the error naming the bucket and the nodes involved), whether to shut down, at
  * which step a new policy applies, and up to which bucket step every node holds the
- * policy statistics (observe_through). It numbers the buckets in the order they are
- * first announced (DecisionEntry.uid): layer ids are unique by construction.
+ * policy statistics (observe_through). It numbers each bucket when first announced
+ * (DecisionEntry.uid) with a hash of its name, the next free number on a collision:
+ * layer ids are unique by construction and, but for collisions, the same in every run.
  *
  * Pure logic on protobuf messages, no I/O: unit-tested on its own.
  */

@@ -94,8 +94,8 @@ typedef struct gk_spec {
 /* One layer as a codec sees it. */
 typedef struct gk_layer {
     uint64_t id;  /* unique in the job, the same on every node and step: (the bucket's
-                     number, assigned by the coordinator in registration order) << 32 |
-                     the layer's index in its bucket */
+                     number, the coordinator's hash of its name) << 32 | the layer's
+                     index in its bucket */
     int ndim;     /* >= 1 */
     size_t rows;  /* matrix view: rows = shape[0] */
     size_t cols;  /* cols = numel / rows; a 1-D layer is rows x 1 */

@@ -273,43 +273,49 @@ static void test_unregistered_bucket_fails_and_is_forgotten(void **st)
     gcd_coord_free(c);
 }
 
-/* Bucket numbers (layer ids = uid << 32 | index) are unique by construction: given in
-   the order buckets are first announced, the same in every decision, kept through a
-   checkpoint. (The ids used to be a 16-bit hash of the name: 100 buckets collided
-   about 7% of the time.) */
-static void test_bucket_numbers_unique_and_restored(void **st)
+/* Announce names[0..n-1] at `step` on both nodes (node 1 in the other order), MAXE a
+   cycle, and put the number each one gets in uid[]. */
+static void announce(gcd_coord *c, const char *const *names, int n, int64_t step,
+                     uint32_t *uid)
 {
-    (void)st;
-    enum { NB = 100 };
-    gcd_coord *c = gcd_coord_new(2, 60000);
-    static char names[NB][16];
-    uint32_t uid[NB] = {0};
-    for (int round = 0; round < NB / 4; round++) {
-        fake_node n[2];
+    for (int at = 0; at < n; at += MAXE) {
+        int k = n - at < MAXE ? n - at : MAXE;
+        fake_node nd[2];
         Gcomp__Decision dec;
-        node_init(&n[0], 0);
-        node_init(&n[1], 1);
-        for (int k = 0; k < 4; k++) {
-            int b = round * 4 + k, b1 = round * 4 + (3 - k); /* node 1 in another order */
-            snprintf(names[b], sizeof(names[b]), "bucket%03d", b);
-            snprintf(names[b1], sizeof(names[b1]), "bucket%03d", b1);
-            node_ready(&n[0], names[b], 0, 4, 4);
-            node_ready(&n[1], names[b1], 0, 4, 4);
+        node_init(&nd[0], 0);
+        node_init(&nd[1], 1);
+        for (int i = 0; i < k; i++) {
+            node_ready(&nd[0], names[at + i], step, 4, 4);
+            node_ready(&nd[1], names[at + k - 1 - i], step, 4, 4);
         }
-        run(c, n, 2, &dec);
-        assert_int_equal(dec.n_run, 4);
-        for (size_t i = 0; i < dec.n_run; i++) {
-            int b = atoi(dec.run[i]->bucket + 6);
-            assert_int_equal(dec.run[i]->uid, (uint32_t)(b + 1)); /* first announced, first */
-            uid[b] = dec.run[i]->uid;
+        run(c, nd, 2, &dec);
+        assert_int_equal(dec.n_run, k);
+        for (size_t j = 0; j < dec.n_run; j++) {
+            assert_int_equal(dec.run[j]->status, 0);
+            for (int i = 0; i < k; i++)
+                if (strcmp(dec.run[j]->bucket, names[at + i]) == 0)
+                    uid[at + i] = dec.run[j]->uid;
         }
         gcd_coord_decision_clear(&dec);
     }
-    for (int a = 0; a < NB; a++)
-        for (int b = a + 1; b < NB; b++)
-            assert_true(uid[a] != uid[b]);
-    /* Through a checkpoint: a restored coordinator gives the same numbers, and new
-       buckets numbers after them. */
+}
+
+/* Both nodes unregister bucket `name`. */
+static void forget(gcd_coord *c, const char *name)
+{
+    char *gone[] = {(char *)name};
+    fake_node nd[2];
+    Gcomp__Decision dec;
+    node_init(&nd[0], 0);
+    node_init(&nd[1], 1);
+    nd[0].r.unregistered = nd[1].r.unregistered = gone;
+    nd[0].r.n_unregistered = nd[1].r.n_unregistered = 1;
+    run(c, nd, 2, &dec);
+    gcd_coord_decision_clear(&dec);
+}
+
+static gcd_coord *save_and_load(gcd_coord *c)
+{
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -323,19 +329,80 @@ static void test_bucket_numbers_unique_and_restored(void **st)
     assert_int_equal(gcd_coord_load(c, &r), 0);
     fclose(f);
     free(buf);
-    fake_node n[2];
-    Gcomp__Decision dec;
-    node_init(&n[0], 0);
-    node_init(&n[1], 1);
-    node_ready(&n[0], "new", 1, 4, 4);
-    node_ready(&n[1], "new", 1, 4, 4);
-    node_ready(&n[0], names[42], 1, 4, 4);
-    node_ready(&n[1], names[42], 1, 4, 4);
-    run(c, n, 2, &dec);
-    assert_int_equal(dec.n_run, 2);
-    assert_int_equal(dec.run[0]->uid, NB + 1);
-    assert_int_equal(dec.run[1]->uid, uid[42]);
-    gcd_coord_decision_clear(&dec);
+    return c;
+}
+
+/* FNV-1a (32 bits) of "b0"; "1tfgryr5e." and "16uc8j" hash alike. */
+#define B0_UID 2368480847u
+#define COLLIDING_UID 475268800u
+
+/* Bucket numbers (layer ids = uid << 32 | index) are the hash of the name, whatever
+   order the buckets arrive in, so two runs of a job seed the codecs' random streams
+   alike (they used to be given in announcement order: a node reporting b1 before b0
+   swapped b0's PowerSGD Q with b1's); unique by construction (a collision or a name
+   that comes back takes the next free number); kept through a checkpoint. */
+static void test_bucket_numbers_follow_names_unique_and_restored(void **st)
+{
+    (void)st;
+    enum { NB = 100 };
+    static char names[NB][16];
+    const char *fwd[NB], *rev[NB];
+    uint32_t a[NB] = {0}, b[NB] = {0};
+    for (int i = 0; i < NB; i++) {
+        snprintf(names[i], sizeof(names[i]), "b%d", i);
+        fwd[i] = rev[NB - 1 - i] = names[i];
+    }
+    gcd_coord *c = gcd_coord_new(2, 60000), *c2 = gcd_coord_new(2, 60000);
+    announce(c, fwd, NB, 0, a);
+    announce(c2, rev, NB, 0, b);
+    assert_int_equal(a[0], B0_UID);
+    for (int i = 0; i < NB; i++) {
+        assert_int_equal(a[i], b[NB - 1 - i]);
+        assert_true(a[i] != 0);
+        for (int j = 0; j < i; j++)
+            assert_true(a[i] != a[j]);
+    }
+    gcd_coord_free(c2);
+
+    /* A collision: the second name takes the next number. */
+    const char *clash[] = {"1tfgryr5e.", "16uc8j"};
+    uint32_t u[2];
+    announce(c, clash, 2, 0, u);
+    assert_int_equal(u[0], COLLIDING_UID);
+    assert_int_equal(u[1], COLLIDING_UID + 1);
+    /* A bucket every node let go of comes back under another number. */
+    forget(c, "b0");
+    uint32_t again;
+    announce(c, &fwd[0], 1, 1, &again);
+    assert_int_equal(again, B0_UID + 1);
+    /* Gone before the checkpoint: its number stays given. */
+    forget(c, clash[0]);
+
+    c = save_and_load(c);
+    uint32_t got[3];
+    const char *after[] = {"b42", "16uc8j", "1tfgryr5e."};
+    announce(c, after, 3, 2, got);
+    assert_int_equal(got[0], a[42]);
+    assert_int_equal(got[1], COLLIDING_UID + 1);
+    assert_int_equal(got[2], COLLIDING_UID + 2);
+    gcd_coord_free(c);
+
+    /* A version 1 record (numbers in announcement order) is refused with a message. */
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    gk_writer w = {.f = f};
+    gk_put_tag(&w, "COOR", 1);
+    gk_put_u32(&w, 3);
+    gk_put_u64(&w, 0);
+    fclose(f);
+    c = gcd_coord_new(2, 60000);
+    f = fmemopen(buf, len, "rb");
+    gk_reader r = {.f = f};
+    assert_int_equal(gcd_coord_load(c, &r), GCOMP_PROTOCOL);
+    assert_non_null(strstr(r.err, "coordinator record version 1"));
+    fclose(f);
+    free(buf);
     gcd_coord_free(c);
 }
 
@@ -488,7 +555,7 @@ int main(void)
         cmocka_unit_test(test_lost_trainer_fails_pending_step_everywhere),
         cmocka_unit_test(test_policy_switch_applies_after_highest_step),
         cmocka_unit_test(test_unregistered_bucket_fails_and_is_forgotten),
-        cmocka_unit_test(test_bucket_numbers_unique_and_restored),
+        cmocka_unit_test(test_bucket_numbers_follow_names_unique_and_restored),
         cmocka_unit_test(test_observe_through_is_the_minimum),
         cmocka_unit_test(test_trace_start_refuse_stop_finish),
         cmocka_unit_test(test_trace_failure_finishes_it),
