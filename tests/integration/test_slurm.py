@@ -72,6 +72,13 @@ class SlurmCluster:
         self.env = dict(os.environ, SLURM_CONF=self.conf)
         for k in [k for k in self.env if k.startswith("SLURM_") and k != "SLURM_CONF"]:
             del self.env[k]  # the test may itself run inside some allocation
+        # Slurm's daemons (and the slurmstepd each job step gets) are not gcomp's code:
+        # in a sanitized run they go without the ASan preload, whose leak check at the
+        # exit of a many-threaded slurmstepd could fail a job. A job's own processes get
+        # the submitter's environment (sbatch --export=ALL): gcomp-run, gcompd and the
+        # trainers are still checked.
+        for k in ("LD_PRELOAD", "ASAN_OPTIONS", "LSAN_OPTIONS"):
+            self.env.pop(k, None)
         for sub in ("munge", "state", *(f"spool-{n}" for n in NODES), *(f"tmp-{n}" for n in NODES)):
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         key = os.path.join(self.root, "munge", "key")
