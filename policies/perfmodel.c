@@ -2,13 +2,15 @@
  * perfmodel: compress a bucket only where the performance model of algorithms.md 3.6
  * ("On the utility of gradient compression") predicts a shorter step.
  *
- *   perfmodel[:candidate=SPEC,...][,gamma=1.07][,probe=50][,warmup=5]
+ *   perfmodel[:candidate=SPEC,...][,gamma=1.07][,probe=50][,warmup=5][,verify=5]
+ *            [,recheck=500]
  *
  * candidate is repeatable and spec-valued ("perfmodel:candidate=powersgd:rank=4,
  * candidate=topk:density=0.01"); without any, powersgd:rank=4 and topk:density=0.01.
  * none is always a candidate. gamma is the slowdown of the backward pass while
  * communication runs beside it; probe the steps between codec timings; warmup the steps
- * every bucket runs dense before its first decision.
+ * every bucket runs dense before its first decision; verify and recheck: see "The
+ * measured check" below (verify=0: no check).
  *
  * The constants of the model:
  *  - alpha and BW: gp_env, measured by the engine on the real transport before this policy is made (uses_network)
@@ -63,8 +65,22 @@
  * --nodes P --bandwidth B [--latency-us L]", B with a unit (10gbit, 25gbps,
  * 1.25GB/s...), answered by the same model.
  *
+ * The measured check: the model can be wrong where its resources are not what it
+ * assumes (unshaped TCP on loopback: the kernel copies every byte on the cores that
+ * encode, so the "network" and the workers are not independent). Once per iteration
+ * (at the last bucket's observe) the iteration time, the slowest node's, is sampled:
+ * into the dense window when every bucket ran dense, else into the window of the
+ * current compressed configuration (emptied whenever a bucket's choice changes, whose
+ * effect shows two iterations later). When the latter holds `verify` samples and its
+ * median is more than GP_PERF_HYSTERESIS above the dense median, compression does not
+ * pay here whatever the model says: every bucket goes back to none for `recheck`
+ * iterations (the dense window refills meanwhile), then the model decides again. The
+ * reason logged reads "measured 228.0 ms per iteration compressed against 172.0 ms
+ * dense (model: 190.1 ms): dense for 500 iterations".
+ *
  * Checkpoint: record "PERF" version 2: the arguments (the candidates' canonical texts,
- * gamma), the gap samples, then per bucket in first-seen order its name, choice and
+ * gamma, verify, recheck), the gap samples, the measured check's state (iterations,
+ * windows, settle and hold), then per bucket in first-seen order its name, choice and
  * reason, measurements and ready-time samples, layers (id and shape) and probe
  * statistics. (Version 1 held compute-time samples of the earlier model: refused.)
  */
@@ -305,12 +321,20 @@ typedef struct perf_state {
     int nbuckets;         /* buckets in use */
     size_t capbuckets;    /* buckets allocated */
     perf_bucket *buckets; /* in the order first seen, identical on every node */
+    long verify, recheck; /* the measured check (header) */
+    int64_t iters;        /* iterations observed (at the last bucket's observe) */
+    int64_t ndense, ncomp; /* iteration-time samples taken: all dense, and in the current
+                              compressed configuration; the last GP_PERF_WINDOW kept */
+    double dense[GP_PERF_WINDOW], comp[GP_PERF_WINDOW];
+    int64_t settle;       /* iterations before the configuration's times are sampled */
+    int64_t hold_until;   /* every bucket stays dense before this iteration */
     int64_t ngap;         /* gap samples taken (forward pass and optimizer, ms; once
                              per iteration); the last GP_PERF_WINDOW kept */
     double gap[GP_PERF_WINDOW];
 } perf_state;
 
-static const char *const perf_keys[] = {"candidate", "gamma", "probe", "warmup", NULL};
+static const char *const perf_keys[] = {"candidate", "gamma",  "probe",   "warmup",
+                                        "verify",    "recheck", NULL};
 static const char *const perf_spec_keys[] = {"candidate", NULL};
 static const char *const perf_multi_keys[] = {"candidate", NULL};
 
@@ -354,6 +378,8 @@ static int perf_create(const gp_args *a, const gp_env *env, void **state, char *
     s->gamma = 1.07;
     s->probe = 50;
     s->warmup = 5;
+    s->verify = 5;
+    s->recheck = 500;
     s->env = *env;
     int rc = gk_spec_parse("none", &s->none, err, errlen);
     bool given = false;
@@ -370,6 +396,12 @@ static int perf_create(const gp_args *a, const gp_env *env, void **state, char *
         } else if (strcmp(a->keys[i], "warmup") == 0) {
             rc = gp_arg_long("perfmodel", "warmup", a->vals[i], 0, 1000000, &s->warmup, err,
                              errlen);
+        } else if (strcmp(a->keys[i], "verify") == 0) {
+            rc = gp_arg_long("perfmodel", "verify", a->vals[i], 0, GP_PERF_WINDOW, &s->verify,
+                             err, errlen);
+        } else if (strcmp(a->keys[i], "recheck") == 0) {
+            rc = gp_arg_long("perfmodel", "recheck", a->vals[i], 1, 1000000000, &s->recheck,
+                             err, errlen);
         }
     }
     if (!rc && !given) {
@@ -719,6 +751,8 @@ static int decide_bucket(perf_state *s, int bi)
     }
     if (!b->has_probe || b->nready == 0 || s->ngap == 0)
         return GCOMP_OK; /* not timed, or the trainers' timeline not known yet */
+    if (s->iters < s->hold_until)
+        return GCOMP_OK; /* dense after a failed measured check (b->why says so) */
     int *choice = calloc((size_t)s->nbuckets, sizeof(int));
     ready_at *order = ready_order(s);
     if (!choice || !order) {
@@ -745,9 +779,50 @@ static int decide_bucket(perf_state *s, int bi)
                      t[0], s->cand_text[c - 1], t[c], b->step_ms);
         }
         b->choice = best;
+        s->ncomp = 0; /* another configuration: measured from its third iteration */
+        s->settle = 2;
     }
     b->predicted = t[b->choice];
     return GCOMP_OK;
+}
+
+/* The measured check (header), once per iteration with its time. */
+static void check_measured(perf_state *s, double iter_ms)
+{
+    s->iters++;
+    if (s->settle > 0) {
+        s->settle--;
+        return;
+    }
+    if (!(iter_ms > 0))
+        return;
+    bool dense = true;
+    double predicted = 0;
+    for (int i = 0; i < s->nbuckets; i++) {
+        dense = dense && s->buckets[i].meas_dense;
+        predicted = fmax(predicted, s->buckets[i].predicted);
+    }
+    if (dense) {
+        sample(s->dense, &s->ndense, iter_ms);
+        return;
+    }
+    sample(s->comp, &s->ncomp, iter_ms);
+    if (s->verify == 0 || s->ncomp < s->verify || s->ndense == 0)
+        return;
+    double comp = median(s->comp, s->ncomp), base = median(s->dense, s->ndense);
+    if (comp <= base * (1.0 + GP_PERF_HYSTERESIS))
+        return;
+    for (int i = 0; i < s->nbuckets; i++) {
+        perf_bucket *b = &s->buckets[i];
+        b->choice = 0;
+        b->predicted = 0;
+        snprintf(b->why, sizeof(b->why), "measured %.1f ms per iteration compressed against "
+                 "%.1f ms dense (model: %.1f ms): dense for %ld iterations", comp, base,
+                 predicted, s->recheck);
+    }
+    s->hold_until = s->iters + s->recheck;
+    s->ncomp = 0;
+    s->settle = 2;
 }
 
 static int perf_observe(void *state, const gp_step_info *info)
@@ -775,8 +850,11 @@ static int perf_observe(void *state, const gp_step_info *info)
             b->meas_dense = false;
     if (info->ready_ms >= 0)
         sample(b->ready, &b->nready, info->ready_ms);
-    if (info->gap_ms >= 0 && bi == s->nbuckets - 1) /* once per iteration */
-        sample(s->gap, &s->ngap, info->gap_ms);
+    if (bi == s->nbuckets - 1) { /* once per iteration */
+        if (info->gap_ms >= 0)
+            sample(s->gap, &s->ngap, info->gap_ms);
+        check_measured(s, info->step_ms);
+    }
     b->count++;
     return decide_bucket(s, bi);
 }
@@ -791,9 +869,20 @@ static int perf_save(void *state, gk_writer *w)
     for (int c = 0; c < s->ncand; c++)
         gk_put_str(w, s->cand_text[c]);
     gk_put(w, s->gamma);
+    gk_put(w, (int64_t)s->verify);
+    gk_put(w, (int64_t)s->recheck);
     gk_put(w, s->ngap);
     for (int k = 0; k < GP_PERF_WINDOW; k++)
         gk_put(w, s->gap[k]);
+    gk_put(w, s->iters);
+    gk_put(w, s->ndense);
+    gk_put(w, s->ncomp);
+    for (int k = 0; k < GP_PERF_WINDOW; k++) {
+        gk_put(w, s->dense[k]);
+        gk_put(w, s->comp[k]);
+    }
+    gk_put(w, s->settle);
+    gk_put(w, s->hold_until);
     gk_put(w, (uint64_t)s->nbuckets);
     for (int i = 0; i < s->nbuckets; i++) {
         const perf_bucket *b = &s->buckets[i];
@@ -891,18 +980,29 @@ static bool load_bucket(const perf_state *s, gk_reader *r, perf_bucket *b)
 static int perf_load(void *state, gk_reader *r)
 {
     perf_state *s = state;
-    int64_t ngap;
-    double gap[GP_PERF_WINDOW];
+    int64_t ngap, iters, ndense, ncomp, settle, hold_until;
+    double gap[GP_PERF_WINDOW], dense[GP_PERF_WINDOW], comp[GP_PERF_WINDOW];
     uint64_t nb = 0;
     bool ok = gk_get_tag(r, GP_PERF_TAG, GP_PERF_VERSION, NULL) &&
               gp_ckpt_arg_i64(r, "perfmodel", "candidates", s->ncand);
     for (int c = 0; c < s->ncand && ok; c++)
         ok = gp_ckpt_arg_str(r, "perfmodel", "candidate", s->cand_text[c]);
-    ok = ok && gp_ckpt_arg_f64(r, "perfmodel", "gamma", s->gamma) && gk_get(r, &ngap);
+    ok = ok && gp_ckpt_arg_f64(r, "perfmodel", "gamma", s->gamma) &&
+         gp_ckpt_arg_i64(r, "perfmodel", "verify", s->verify) &&
+         gp_ckpt_arg_i64(r, "perfmodel", "recheck", s->recheck) && gk_get(r, &ngap);
     for (int k = 0; k < GP_PERF_WINDOW && ok; k++)
         ok = gk_get(r, &gap[k]);
-    if (ok && ngap < 0)
-        ok = gk_reader_fail(r, "perfmodel checkpoint: %lld gap samples", (long long)ngap);
+    ok = ok && gk_get(r, &iters) && gk_get(r, &ndense) && gk_get(r, &ncomp);
+    for (int k = 0; k < GP_PERF_WINDOW && ok; k++)
+        ok = gk_get(r, &dense[k]) && gk_get(r, &comp[k]);
+    ok = ok && gk_get(r, &settle) && gk_get(r, &hold_until);
+    if (ok && (ngap < 0 || iters < 0 || ndense < 0 || ncomp < 0 || settle < 0 ||
+               hold_until < 0))
+        ok = gk_reader_fail(r, "perfmodel checkpoint: negative counts (%lld gap samples, "
+                            "%lld iterations, %lld and %lld iteration samples, settle %lld, "
+                            "hold until %lld)", (long long)ngap, (long long)iters,
+                            (long long)ndense, (long long)ncomp, (long long)settle,
+                            (long long)hold_until);
     ok = ok && gp_ckpt_count(r, "buckets", INT32_MAX / 2, &nb);
     /* The buckets are read one by one, so a count larger than the data fails as
        truncated before it is allocated. */
@@ -937,6 +1037,13 @@ static int perf_load(void *state, gk_reader *r)
     s->capbuckets = cap;
     s->ngap = ngap;
     memcpy(s->gap, gap, sizeof(gap));
+    s->iters = iters;
+    s->ndense = ndense;
+    s->ncomp = ncomp;
+    memcpy(s->dense, dense, sizeof(dense));
+    memcpy(s->comp, comp, sizeof(comp));
+    s->settle = settle;
+    s->hold_until = hold_until;
     return GCOMP_OK;
 }
 

@@ -29,9 +29,10 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 PYTHON = "/usr/bin/python3"
 MB = 102.228128  # ResNet-50's 25,557,032 float32 parameters
 # Unmeasured steps before perfmodel's: its own warm-up (5 dense steps), the codec probe,
-# and the steps its decisions take to apply (the pipeline decides a few steps ahead), so
-# its row is its steady state.
-PERFMODEL_WARMUP = 12
+# the steps its decisions take to apply, and its measured check (2 iterations to settle,
+# 5 measured: where compression measures slower it goes back to dense), so its row is
+# its steady state.
+PERFMODEL_WARMUP = 20
 
 
 def shape(rate):

@@ -459,6 +459,56 @@ static void test_warmup(void **st)
     gp_instance_destroy(j.p);
 }
 
+/* Run steps from..to-1 of one bucket whose iteration takes dense_ms when the step
+   runs dense and comp_ms when compressed; returns the decision at step `to`. */
+static gk_spec run_measured(job *j, int64_t from, int64_t to, double dense_ms, double comp_ms,
+                            char *why, size_t whylen)
+{
+    for (int64_t step = from; step < to; step++) {
+        bool comp = strcmp(decision(j, step, NULL, 0).codec->name, "none") != 0;
+        run_step(j, "b0", step, step ? (comp ? comp_ms : dense_ms) : 0, 0, step == 4, NULL, 0);
+    }
+    return decision(j, to, why, whylen);
+}
+
+/* The measured check: where compressed iterations measure slower than dense ones
+   (the model assumed a network independent of the cores), every bucket goes back to
+   none for `recheck` iterations, then the model decides again; where they measure
+   faster, the model's choice stays. */
+static void test_measured_check(void **st)
+{
+    (void)st;
+    job j = {0};
+    make_layers(&j, "b0", 0);
+    assert_int_equal(create(&j, "perfmodel:recheck=10", 0.05, BW_SLOW, 8), GCOMP_OK);
+    char why[256] = "";
+    /* Steps 0-4 dense (iterations 1-4 measured at 300 ms), PowerSGD from step 5; its
+       iterations show from step 7 (two to settle), 5 of them by step 11. */
+    assert_string_equal(run_measured(&j, 0, 5, 300, 600, NULL, 0).codec->name, "powersgd");
+    assert_string_equal(run_measured(&j, 5, 11, 300, 600, NULL, 0).codec->name, "powersgd");
+    gk_spec s = run_measured(&j, 11, 12, 300, 600, why, sizeof(why));
+    assert_string_equal(s.codec->name, "none");
+    assert_non_null(strstr(why, "measured 600.0 ms per iteration compressed against 300.0 ms "
+                                "dense (model: "));
+    assert_non_null(strstr(why, "dense for 10 iterations"));
+    /* Held dense for 10 iterations (12-21), then the model compresses again. */
+    assert_string_equal(run_measured(&j, 12, 21, 300, 600, NULL, 0).codec->name, "none");
+    assert_string_equal(run_measured(&j, 21, 22, 300, 600, NULL, 0).codec->name, "powersgd");
+    gp_instance_destroy(j.p);
+
+    /* Compressed iterations faster: nothing changes. Nor with verify=0, slower. */
+    const char *specs[] = {"perfmodel", "perfmodel:verify=0"};
+    const double comp_ms[] = {150, 600};
+    for (int k = 0; k < 2; k++) {
+        job q = {0};
+        make_layers(&q, "b0", 0);
+        assert_int_equal(create(&q, specs[k], 0.05, BW_SLOW, 8), GCOMP_OK);
+        assert_string_equal(run_measured(&q, 0, 40, 300, comp_ms[k], NULL, 0).codec->name,
+                            "powersgd");
+        gp_instance_destroy(q.p);
+    }
+}
+
 /* Top-K wins where PowerSGD's encode is slow: the candidates' timings decide. */
 static void test_timings_decide(void **st)
 {
@@ -833,6 +883,7 @@ int main(void)
         cmocka_unit_test(test_one_node_never_compresses),
         cmocka_unit_test(test_warmup),
         cmocka_unit_test(test_timings_decide),
+        cmocka_unit_test(test_measured_check),
         cmocka_unit_test(test_two_buckets_overlap),
         cmocka_unit_test(test_whatif),
         cmocka_unit_test(test_collect_times_codecs),
