@@ -71,7 +71,8 @@
  * (at the last bucket's observe) the iteration time, the slowest node's, is sampled:
  * into the dense window when every bucket ran dense, else into the window of the
  * current compressed configuration (emptied whenever a bucket's choice changes, whose
- * effect shows two iterations later). When the latter holds `verify` samples and its
+ * effect shows two iterations later); not the iteration after one that timed the
+ * codecs. When the latter holds `verify` samples and its
  * median is more than GP_PERF_HYSTERESIS above the dense median, compression does not
  * pay here whatever the model says: every bucket goes back to none for `recheck`
  * iterations (the dense window refills meanwhile), then the model decides again. The
@@ -786,15 +787,17 @@ static int decide_bucket(perf_state *s, int bi)
     return GCOMP_OK;
 }
 
-/* The measured check (header), once per iteration with its time. */
-static void check_measured(perf_state *s, double iter_ms)
+/* The measured check (header), once per iteration with its time (step_ms: from the
+   previous step's first submission to this one's, so the previous step's exchange); not
+   sampled after a step that timed the codecs (probed): collect()'s timings slowed it. */
+static void check_measured(perf_state *s, double iter_ms, bool probed)
 {
     s->iters++;
     if (s->settle > 0) {
         s->settle--;
         return;
     }
-    if (!(iter_ms > 0))
+    if (!(iter_ms > 0) || probed)
         return;
     bool dense = true;
     double predicted = 0;
@@ -853,7 +856,7 @@ static int perf_observe(void *state, const gp_step_info *info)
     if (bi == s->nbuckets - 1) { /* once per iteration */
         if (info->gap_ms >= 0)
             sample(s->gap, &s->ngap, info->gap_ms);
-        check_measured(s, info->step_ms);
+        check_measured(s, info->step_ms, b->count > 0 && is_probe(s, b->count - 1));
     }
     b->count++;
     return decide_bucket(s, bi);
