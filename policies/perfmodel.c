@@ -72,11 +72,12 @@
  * into the dense window when every bucket ran dense, else into the window of the
  * current compressed configuration (emptied whenever a bucket's choice changes, whose
  * effect shows two iterations later); not the iteration after one that timed the
- * codecs. When the latter holds `verify` samples and its
- * median is more than GP_PERF_HYSTERESIS above the dense median, compression does not
- * pay here whatever the model says: every bucket goes back to none for `recheck`
- * iterations (the dense window refills meanwhile), then the model decides again. The
- * reason logged reads "measured 228.0 ms per iteration compressed against 172.0 ms
+ * codecs. When the latter holds `verify` samples and its median is more than
+ * GP_PERF_HYSTERESIS above the fastest dense iteration (not the dense median: a job's
+ * first iterations, which fill the dense window, run slower; and on a tie dense wins,
+ * as in the model), compression does not pay here whatever the model says: every
+ * bucket goes back to none for `recheck` iterations (the dense window refills
+ * meanwhile), then the model decides again. The reason logged reads "measured 228.0 ms per iteration compressed against 172.0 ms
  * dense (model: 190.1 ms): dense for 500 iterations".
  *
  * Checkpoint: record "PERF" version 2: the arguments (the candidates' canonical texts,
@@ -812,7 +813,9 @@ static void check_measured(perf_state *s, double iter_ms, bool probed)
     sample(s->comp, &s->ncomp, iter_ms);
     if (s->verify == 0 || s->ncomp < s->verify || s->ndense == 0)
         return;
-    double comp = median(s->comp, s->ncomp), base = median(s->dense, s->ndense);
+    double comp = median(s->comp, s->ncomp), base = s->dense[0];
+    for (int64_t k = 1; k < s->ndense && k < GP_PERF_WINDOW; k++)
+        base = fmin(base, s->dense[k]);
     if (comp <= base * (1.0 + GP_PERF_HYSTERESIS))
         return;
     for (int i = 0; i < s->nbuckets; i++) {
