@@ -95,7 +95,6 @@ typedef struct eng_obs {
     gp_instance *p;
     int64_t step;
     uint32_t bucket_id;    /* its result goes to the trainers once observed */
-    bool handed;           /* the result went back already (gp_policy.observe_late) */
     char *bucket;          /* copies: the bucket may be gone by then */
     size_t nlayers;
     gp_layer *layers;
@@ -265,10 +264,9 @@ void eng_stats_fill(engine *e, eng_bucket *eb, int64_t step, gp_instance *p, dou
                     double *max, double exchange_ms);
 /* The exchange of a step's statistics finished (vec summed, max maxed over the nodes):
    keep its averages until every node has them (Decision.observe_through). t_result:
-   when the step's result region was complete (gk_now_s); handed: its result went back
-   to the trainers already. */
+   when the step's result region was complete (gk_now_s). */
 int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_instance *p,
-                      const double *vec, const double *max, double t_result, bool handed);
+                      const double *vec, const double *max, double t_result);
 /* The node's iterations (eng_iter): a bucket step of `step` was first submitted at t;
    a result of `step` went back to the trainers at t. */
 void eng_iter_submitted(engine *e, int64_t step, double t);

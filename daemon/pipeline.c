@@ -92,8 +92,6 @@ typedef struct eng_step {
     sstate st;
     gp_instance *p;
     bool observing;
-    bool handed;          /* the result went back before the step was observed
-                             (gp_policy.observe_late) */
     size_t ncomp;
     size_t *comp;         /* [ncomp] indices of the compressed layers */
     gcd_batch prep;
@@ -758,23 +756,16 @@ static void record(engine *e, eng_step *s, int status)
     free(ls);
 }
 
-/* Hand the step's result to the trainers. */
-static void hand_result(engine *e, eng_step *s)
-{
-    if (e->d->timeline)
-        tl_result(s);
-    eng_iter_result(e, s->step, gk_now_s());
-    gcd_to_loop(e->d, GCD_EV_COMPLETE, s->b->id, s->step, GCOMP_OK, 0, "");
-    s->handed = true;
-}
-
 /* The step is over on this node: free the lane, and hand the result to the trainers
-   if that is not done yet (a step whose policy observes does that when it is observed:
-   policy_host.c). */
+   (a step whose policy observes does that when it is observed: policy_host.c). */
 static void finish(engine *e, eng_step *s)
 {
-    if (!s->observing && !s->handed)
-        hand_result(e, s);
+    if (!s->observing) {
+        if (e->d->timeline)
+            tl_result(s);
+        eng_iter_result(e, s->step, gk_now_s());
+        gcd_to_loop(e->d, GCD_EV_COMPLETE, s->b->id, s->step, GCOMP_OK, 0, "");
+    }
     s->eb->in_flight = false;
     s->st = S_DONE;
 }
@@ -851,8 +842,6 @@ static int step_progress(engine *e, eng_step *s)
             finish(e, s); /* its number counted as held when it was decided */
             return 1;
         }
-        if (s->p->policy->observe_late)
-            hand_result(e, s);
         eng_stats_fill(e, s->eb, s->step, s->p, s->vec, s->maxv, xchg_ms);
         size_t len = eng_stats_len(s->p, s->b->layout.n);
         if ((rc = gcd_ctl_iallreduce(e->d->ctl, s->lane, s->vec, len, GCD_CTL_SUM, &s->sreq[0])) ||
@@ -882,7 +871,7 @@ static int step_progress(engine *e, eng_step *s)
                               gk_now_s(), s->b->name, s->step, ",\"values\":%zu",
                               eng_stats_len(s->p, s->b->layout.n));
         if ((rc = eng_stats_arrived(e, s->eb, s->step, s->seq, s->p, s->vec, s->maxv,
-                                    s->t_result, s->handed)))
+                                    s->t_result)))
             return fail_step(s, rc, "keeping statistics");
         finish(e, s);
         return 1;

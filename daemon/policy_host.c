@@ -11,8 +11,7 @@
  * whose policy observes hands its result to the trainers when it is observed, so the
  * policy has seen step s before the trainers go on to step s + 1, as without a
  * pipeline; a node reports new statistics at once, so this costs one negotiation
- * round trip per step of an adaptive policy (none for static ones, nor for policies
- * with observe_late, whose results go back when the exchange is done).
+ * round trip per step of an adaptive policy (none for static ones).
  *
  * The statistics vector of a step (eng_stats_len): nstats numbers per layer from
  * collect(), then a payload per layer, then TAIL_N values (hints); summed over the
@@ -464,7 +463,7 @@ void eng_iter_result(engine *e, int64_t step, double t)
 }
 
 int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_instance *p,
-                      const double *vec, const double *max, double t_result, bool handed)
+                      const double *vec, const double *max, double t_result)
 {
     gcd_bucket *b = eb->b;
     size_t nl = b->layout.n, ns = (size_t)p->policy->nstats, tail = nl * ns + nl;
@@ -520,7 +519,6 @@ int eng_stats_arrived(engine *e, eng_bucket *eb, int64_t step, uint64_t seq, gp_
     o->ready_ms = max[MAX_READY_MS];
     o->gap_ms = max[MAX_GAP_MS];
     o->t_result = t_result;
-    o->handed = handed;
     /* Keep the list in seq order. */
     eng_obs **pp = &e->obs;
     while (*pp && (*pp)->seq < seq)
@@ -593,15 +591,12 @@ int eng_observe_through(engine *e, uint64_t seq)
             if (pol->observe || pol->advice)
                 gcd_timeline_span(tl, tid, "observe", t_obs, gk_now_s(), o->bucket, o->step,
                                   ",\"policy\":\"%s\"", pol->name);
-            if (!o->handed)
-                gcd_timeline_span(tl, tid, "result", o->t_result, gk_now_s(), o->bucket,
-                                  o->step, ",\"observed\":true");
+            gcd_timeline_span(tl, tid, "result", o->t_result, gk_now_s(), o->bucket, o->step,
+                              ",\"observed\":true");
             gcd_timeline_flush(tl);
         }
-        if (!o->handed) {
-            eng_iter_result(e, o->step, gk_now_s());
-            gcd_to_loop(d, GCD_EV_COMPLETE, o->bucket_id, o->step, GCOMP_OK, 0, "");
-        }
+        eng_iter_result(e, o->step, gk_now_s());
+        gcd_to_loop(d, GCD_EV_COMPLETE, o->bucket_id, o->step, GCOMP_OK, 0, "");
         obs_free(o);
     }
     if (seq > e->observed_seq)

@@ -70,20 +70,15 @@
  * encode, so the "network" and the workers are not independent). Once per iteration
  * (at the last bucket's observe) the iteration time, the slowest node's, is sampled:
  * into the dense window when every bucket ran dense, else into the window of the
- * current compressed configuration (emptied whenever a bucket's choice changes; the
- * next GP_PERF_SETTLE iterations are not sampled, nor the iteration after one that
- * timed the codecs). When the latter holds `verify` samples and its median is more
- * than GP_PERF_HYSTERESIS above the fastest dense iteration (not the dense median: a
- * job's first iterations, which fill the dense window, run slower; and on a tie dense
- * wins, as in the model), compression does not pay here whatever the model says:
- * every bucket goes back to none for `recheck` iterations (the dense window refills
- * meanwhile), then the model decides again. The reason logged reads "measured 230.7 ms
- * per iteration compressed against 194.5 ms dense (model: 229.0 ms): dense for 500
- * iterations".
- *
- * perfmodel observes late (gp_policy.observe_late): a bucket step's result goes back
- * to the trainers when its exchange is done, without waiting for the negotiation round
- * that makes the statistics observable, so its decisions may apply a step later.
+ * current compressed configuration (emptied whenever a bucket's choice changes, whose
+ * effect shows two iterations later); not the iteration after one that timed the
+ * codecs. When the latter holds `verify` samples and its median is more than
+ * GP_PERF_HYSTERESIS above the fastest dense iteration (not the dense median: a job's
+ * first iterations, which fill the dense window, run slower; and on a tie dense wins,
+ * as in the model), compression does not pay here whatever the model says: every
+ * bucket goes back to none for `recheck` iterations (the dense window refills
+ * meanwhile), then the model decides again. The reason logged reads "measured 228.0 ms per iteration compressed against 172.0 ms
+ * dense (model: 190.1 ms): dense for 500 iterations".
  *
  * Checkpoint: record "PERF" version 2: the arguments (the candidates' canonical texts,
  * gamma, verify, recheck), the gap samples, the measured check's state (iterations,
@@ -114,10 +109,6 @@
    the model's median error (1.8% in the paper), so that noise does not flip a bucket
    between a lossy codec and none. */
 #define GP_PERF_HYSTERESIS 0.05
-/* Iterations the measured check skips after a change of choice: a choice made in the
-   observe() of step s applies from the bucket's next decide(), s + 1 or (observe_late)
-   s + 2, and step_ms observed at step k is the iteration of step k - 1. */
-#define GP_PERF_SETTLE 3
 /* Passes of the per-bucket search whatif makes for its best configuration. */
 #define GP_PERF_PASSES 8
 /* The bytes each node contributes to the exchange of sizes before a variable-size
@@ -790,8 +781,8 @@ static int decide_bucket(perf_state *s, int bi)
                      t[0], s->cand_text[c - 1], t[c], b->step_ms);
         }
         b->choice = best;
-        s->ncomp = 0; /* another configuration */
-        s->settle = GP_PERF_SETTLE;
+        s->ncomp = 0; /* another configuration: measured from its third iteration */
+        s->settle = 2;
     }
     b->predicted = t[b->choice];
     return GCOMP_OK;
@@ -837,7 +828,7 @@ static void check_measured(perf_state *s, double iter_ms, bool probed)
     }
     s->hold_until = s->iters + s->recheck;
     s->ncomp = 0;
-    s->settle = GP_PERF_SETTLE;
+    s->settle = 2;
 }
 
 static int perf_observe(void *state, const gp_step_info *info)
@@ -1298,7 +1289,6 @@ const gp_policy gp_policy_perfmodel = {
     .nstats = GP_PERF_NSTATS,
     .collect_concurrent = true,
     .uses_network = true,
-    .observe_late = true,
     .create = perf_create,
     .destroy = perf_destroy,
     .decide = perf_decide,

@@ -15,9 +15,7 @@
  * when the negotiation decides to run it, observe() of a finished one when the
  * negotiation says every node has its averages (before the decides of that decision);
  * so a decision made in observe() applies from the first decide() after it, the same
- * bucket step on every node. The trainers get a bucket step's result once it is
- * observed, so observe(s) comes before decide(s + 1) of the bucket, unless the policy
- * says observe_late. collect() runs on the engine's worker threads, after its
+ * bucket step on every node. collect() runs on the engine's worker threads, after its
  * decide() and before any later decide(), observe(), save(), load(), advice() or
  * query(): those never run at the same time as a collect().
  *
@@ -128,13 +126,6 @@ typedef struct gp_policy {
                                     calls one at a time. */
     bool uses_network;           /* reads gp_env's alpha_ms / bw_bytes_ms: the engine
                                     measures the transport before create() */
-    bool observe_late;           /* observe() may see a bucket step after the trainers
-                                    went on: the engine returns a result when its exchange
-                                    is done, not when the step is observed (which costs a
-                                    negotiation round per step), so the bucket's next
-                                    decide() may come before this step's observe(). For
-                                    decisions about time (perfmodel), not for ones that
-                                    must follow every step (Accordion's windows). */
     /* Make the policy's state from its arguments (keys are among `keys`). On error
        write a message naming the key to err. Never NULL. */
     int (*create)(const gp_args *args, const gp_env *env, void **state, char *err,

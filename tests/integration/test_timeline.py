@@ -8,8 +8,6 @@ import json
 import os
 import signal
 
-import pytest
-
 from helpers import PYTHON, TRAINER, Daemons, run, connect_agents
 
 EPS = 0.01  # us: ts and dur are printed with 3 decimals
@@ -179,39 +177,6 @@ def test_compressed_phases_and_policy_switches(tmp_path, start_daemons, agents):
         w = [c for c in codec if c["layer"] == "w"]
         assert w[0]["step"] == 0 and w[0]["old"] is None
         assert any(c["step"] == 2 and c["new"].startswith("topk") for c in w), w
-
-
-@pytest.mark.parametrize("policy,late", [
-    ("perfmodel:warmup=2", True),
-    ("adaqs:codec=topk:density=0.01,start=0.01,max=0.08", False)])
-def test_results_wait_for_the_observe_unless_the_policy_observes_late(
-        tmp_path, start_daemons, agents, policy, late):
-    # A bucket step of an observing policy goes back to the trainers once it is observed
-    # (after its statistics exchange and the negotiation that says every node has
-    # them), so the policy has seen step s before step s + 1 is decided. perfmodel
-    # observes late (gp_policy.observe_late): its results go back when the exchange is
-    # done, before the statistics are exchanged.
-    tmpl = str(tmp_path / "late-{node}.json")
-    d = start_daemons([1, 1], codec=None, extra=("--policy", policy, "--timeline", tmpl))
-    ags = connect_agents(d, agents, [1, 1], LAYERS)
-    steps(ags, 0, 4)
-    res, rc = d.shutdown()
-    assert rc == 0, d.log()
-    for node in range(2):
-        events = load_timeline(tmpl.format(node=node))
-        check_events(events, node)
-        per_step = by_step(events)
-        assert sorted(s for _, s in per_step) == list(range(4))
-        for es in per_step.values():
-            first = {}
-            for e in es:
-                first.setdefault(e["name"], e)
-            result, stats, obs = first["result"], first["statistics"], first["observe"]
-            assert result["args"]["observed"] is (not late), result
-            if late:
-                assert end(result) <= stats["ts"] + EPS, (result, stats)
-            else:
-                assert end(result) + EPS >= end(obs), (result, obs)
 
 
 def test_dense_phases(tmp_path, start_daemons, agents):

@@ -483,17 +483,17 @@ static void test_measured_check(void **st)
     assert_int_equal(create(&j, "perfmodel:recheck=10", 0.05, BW_SLOW, 8), GCOMP_OK);
     char why[256] = "";
     /* Steps 0-4 dense (iterations 1-4 measured at 300 ms), PowerSGD from step 5; its
-       iterations are sampled from step 8 (three to settle), 5 of them by step 12. */
+       iterations show from step 7 (two to settle), 5 of them by step 11. */
     assert_string_equal(run_measured(&j, 0, 5, 300, 600, NULL, 0).codec->name, "powersgd");
-    assert_string_equal(run_measured(&j, 5, 12, 300, 600, NULL, 0).codec->name, "powersgd");
-    gk_spec s = run_measured(&j, 12, 13, 300, 600, why, sizeof(why));
+    assert_string_equal(run_measured(&j, 5, 11, 300, 600, NULL, 0).codec->name, "powersgd");
+    gk_spec s = run_measured(&j, 11, 12, 300, 600, why, sizeof(why));
     assert_string_equal(s.codec->name, "none");
     assert_non_null(strstr(why, "measured 600.0 ms per iteration compressed against 300.0 ms "
                                 "dense (model: "));
     assert_non_null(strstr(why, "dense for 10 iterations"));
-    /* Held dense for 10 iterations (13-22), then the model compresses again. */
-    assert_string_equal(run_measured(&j, 13, 22, 300, 600, NULL, 0).codec->name, "none");
-    assert_string_equal(run_measured(&j, 22, 23, 300, 600, NULL, 0).codec->name, "powersgd");
+    /* Held dense for 10 iterations (12-21), then the model compresses again. */
+    assert_string_equal(run_measured(&j, 12, 21, 300, 600, NULL, 0).codec->name, "none");
+    assert_string_equal(run_measured(&j, 21, 22, 300, 600, NULL, 0).codec->name, "powersgd");
     gp_instance_destroy(j.p);
 
     /* Compressed iterations faster: nothing changes. Nor with verify=0, slower. */
