@@ -70,15 +70,16 @@
  * encode, so the "network" and the workers are not independent). Once per iteration
  * (at the last bucket's observe) the iteration time, the slowest node's, is sampled:
  * into the dense window when every bucket ran dense, else into the window of the
- * current compressed configuration (emptied whenever a bucket's choice changes, whose
- * effect shows two iterations later); not the iteration after one that timed the
- * codecs. When the latter holds `verify` samples and its median is more than
- * GP_PERF_HYSTERESIS above the fastest dense iteration (not the dense median: a job's
- * first iterations, which fill the dense window, run slower; and on a tie dense wins,
- * as in the model), compression does not pay here whatever the model says: every
- * bucket goes back to none for `recheck` iterations (the dense window refills
- * meanwhile), then the model decides again. The reason logged reads "measured 228.0 ms per iteration compressed against 172.0 ms
- * dense (model: 190.1 ms): dense for 500 iterations".
+ * current compressed configuration (emptied whenever a bucket's choice changes; the
+ * next GP_PERF_SETTLE iterations are not sampled, nor the iteration after one that
+ * timed the codecs). When the latter holds `verify` samples and its median is more
+ * than GP_PERF_HYSTERESIS above the fastest dense iteration (not the dense median: a
+ * job's first iterations, which fill the dense window, run slower; and on a tie dense
+ * wins, as in the model), compression does not pay here whatever the model says:
+ * every bucket goes back to none for `recheck` iterations (the dense window refills
+ * meanwhile), then the model decides again. The reason logged reads, from an unshaped
+ * run of deploy/dev.sh bench-link's job: "measured 230.7 ms per iteration compressed
+ * against 194.5 ms dense (model: 229.0 ms): dense for 500 iterations".
  *
  * Checkpoint: record "PERF" version 2: the arguments (the candidates' canonical texts,
  * gamma, verify, recheck), the gap samples, the measured check's state (iterations,
@@ -109,6 +110,10 @@
    the model's median error (1.8% in the paper), so that noise does not flip a bucket
    between a lossy codec and none. */
 #define GP_PERF_HYSTERESIS 0.05
+/* Iterations the measured check skips after a change of choice: a choice made in the
+   observe() of step s applies from the bucket's decide() of s + 1, and the step_ms
+   observed at step k is the iteration of step k - 1. */
+#define GP_PERF_SETTLE 2
 /* Passes of the per-bucket search whatif makes for its best configuration. */
 #define GP_PERF_PASSES 8
 /* The bytes each node contributes to the exchange of sizes before a variable-size
@@ -781,8 +786,8 @@ static int decide_bucket(perf_state *s, int bi)
                      t[0], s->cand_text[c - 1], t[c], b->step_ms);
         }
         b->choice = best;
-        s->ncomp = 0; /* another configuration: measured from its third iteration */
-        s->settle = 2;
+        s->ncomp = 0; /* another configuration */
+        s->settle = GP_PERF_SETTLE;
     }
     b->predicted = t[b->choice];
     return GCOMP_OK;
@@ -801,11 +806,8 @@ static void check_measured(perf_state *s, double iter_ms, bool probed)
     if (!(iter_ms > 0) || probed)
         return;
     bool dense = true;
-    double predicted = 0;
-    for (int i = 0; i < s->nbuckets; i++) {
+    for (int i = 0; i < s->nbuckets; i++)
         dense = dense && s->buckets[i].meas_dense;
-        predicted = fmax(predicted, s->buckets[i].predicted);
-    }
     if (dense) {
         sample(s->dense, &s->ndense, iter_ms);
         return;
@@ -818,6 +820,9 @@ static void check_measured(perf_state *s, double iter_ms, bool probed)
         base = fmin(base, s->dense[k]);
     if (comp <= base * (1.0 + GP_PERF_HYSTERESIS))
         return;
+    double predicted = 0;
+    for (int i = 0; i < s->nbuckets; i++)
+        predicted = fmax(predicted, s->buckets[i].predicted);
     for (int i = 0; i < s->nbuckets; i++) {
         perf_bucket *b = &s->buckets[i];
         b->choice = 0;
@@ -828,7 +833,7 @@ static void check_measured(perf_state *s, double iter_ms, bool probed)
     }
     s->hold_until = s->iters + s->recheck;
     s->ncomp = 0;
-    s->settle = 2;
+    s->settle = GP_PERF_SETTLE;
 }
 
 static int perf_observe(void *state, const gp_step_info *info)
