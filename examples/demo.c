@@ -167,7 +167,9 @@ int main(int argc, char **argv)
         double dt = now_s() - t0;
         if (exact && maxerr > 1e-4)
             bad = 1;
-        if (rank == 0)
+        /* Rank 0 reports every step, any other rank a WRONG one: the first trainer to
+           exit with status 1 stops the job (gcomp-run), maybe before rank 0 printed. */
+        if (rank == 0 || bad)
             printf("step %3d  %6.2f MB reduced in %7.2f ms  (%6.2f GB/s)  relative error %.2e  "
                    "max |error| %.2e%s\n",
                    s, total * 4e-6, dt * 1e3, total * 4e-9 / dt,
